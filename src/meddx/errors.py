@@ -1,0 +1,37 @@
+"""User-facing errors: one clear line naming the file and the problem.
+
+The CLI catches `MeddxError` and prints `meddx: error: <message>` on stderr with a
+non-zero exit code instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MeddxError(Exception):
+    """A problem with the user's input or request (not a bug in meddx)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.path = str(path) if path is not None else None
+        text = f"{self.path}: {message}" if self.path else message
+        # Keep it to one line whatever the underlying library said.
+        super().__init__(" ".join(str(text).split()))
+
+
+class InputError(MeddxError):
+    """An input file or folder cannot be read or is not what was expected."""
+
+
+class DataError(MeddxError):
+    """A dataset is inconsistent: missing keys, unknown labels, empty splits..."""
+
+
+class ConfigError(MeddxError):
+    """A command-line option or config file value is invalid."""
+
+
+class NetworkError(MeddxError):
+    """A download failed (no network, bad checksum)."""
