@@ -98,13 +98,6 @@ def _tm_seconds(value: Any) -> float:
     return hh * 3600 + mm * 60 + ss
 
 
-def _time_key(ds: Any) -> tuple[float, ...]:
-    """Temporal order of instances that share a slice position."""
-    return (_num(ds.get("AcquisitionNumber")), _num(ds.get("TemporalPositionIdentifier")),
-            _tm_seconds(ds.get("AcquisitionTime")), _num(ds.get("InstanceNumber")))
-
-
-
 # -- fast per-instance fields (series reads touch ~20 tags of every file) ---------------------
 # Parsing the raw element bytes directly avoids pydicom's per-value object construction, which
 # dominates the cost of reading a large series.
