@@ -239,3 +239,29 @@ def test_pipeline_wrong_dimensions_raise_input_error(rng: np.random.Generator) -
     with pytest.raises(InputError, match="NaN") as info:
         p2(Image(bad, source="scan.nii"))
     assert "scan.nii" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_pipeline_fit_modes_keep_aspect() -> None:
+    x = np.zeros((40, 80))
+    x[:, :40] = 1.0  # left half bright
+    pad = Preprocessing(2, 20, intensity="none", fit="pad")(x)[..., 0]
+    assert pad.shape == (20, 20)
+    np.testing.assert_array_equal(pad[:5], 0.0)  # padded rows above and below
+    assert pad[10, :9].min() > 0.99 and pad[10, 11:].max() < 0.01
+    crop = Preprocessing(2, 20, intensity="none", fit="crop")(x)[..., 0]
+    assert crop.shape == (20, 20)
+    assert crop[:, :9].min() > 0.99 and crop[:, 11:].max() < 0.01  # centre of the image, full height
+    with pytest.raises(ConfigError):
+        Preprocessing(2, 20, fit="squash")
+
+
+def test_pipeline_resamples_only_known_spacing() -> None:
+    x = np.zeros((64, 32))
+    x[16:48, 8:24] = 1.0
+    prep = Preprocessing(2, 32, intensity="none", spacing=1.0, fit="pad")
+    # 0.5 x 1 mm pixels: the square object is 32 x 16 pixels -> 16 x 16 mm after resampling
+    out = prep(Image(x, spacing=(0.5, 1.0)))[..., 0]
+    rows, cols = np.flatnonzero(out.max(1) > 0.5), np.flatnonzero(out.max(0) > 0.5)
+    assert abs(len(rows) - len(cols)) <= 1
+    # unknown spacing (nominal 1 mm, no geometry) and raw arrays: no resampling
+    np.testing.assert_array_equal(prep(Image(x)), prep(x))

@@ -63,11 +63,6 @@ class Transform:
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._config_keys)
         return f"{type(self).__name__}({args})"
 
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()  # type: ignore[union-attr]
-
-    __hash__ = None  # type: ignore[assignment]
-
 
 def transform_from_config(config: dict[str, Any]) -> Any:
     """Rebuild any meddx transform (preprocessing, augmentation, pipeline) from its config."""

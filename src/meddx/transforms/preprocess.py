@@ -31,7 +31,7 @@ def _ndimage():  # scipy.ndimage costs ~0.5 s to import: only load it when a war
 
 
 __all__ = [
-    "WINDOW_PRESETS", "INTENSITY_CHOICES", "Compose", "Resample", "Resize", "Window", "ZScore",
+    "WINDOW_PRESETS", "INTENSITY_CHOICES", "FIT_CHOICES", "Compose", "Resample", "Resize", "Window", "ZScore",
     "MinMax", "ScaleIntensity", "ForegroundCrop", "CenterCropPad", "ToChannels", "Preprocessing",
     "resample_array", "resize_array", "transform_from_config",
 ]
@@ -53,6 +53,7 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "spine_bone": (400.0, 1800.0),
 }
 
+FIT_CHOICES = ("stretch", "pad", "crop")
 INTENSITY_CHOICES = ("none", "minmax", "minmax:<lo>,<hi>", "zscore", "zscore:nonzero", "scale255",
                      "window:<preset>", "window:<center>,<width>")
 
@@ -103,13 +104,14 @@ def _scale_warp(arr: np.ndarray, n: int, out_shape: Sequence[int], factors: Sequ
 
 
 def resample_array(array: np.ndarray, spacing: Sequence[float], new_spacing: Sequence[float],
-                   order: int = 1, channels_last: bool = False, anti_alias: bool = True) -> np.ndarray:
-    """Resample a (spatial..., [c]) array from `spacing` to `new_spacing` (mm), keeping extent."""
+                   order: int = 1, anti_alias: bool = True) -> np.ndarray:
+    """Resample a (spatial..., [c]) array from `spacing` to `new_spacing` (mm), keeping extent.
+
+    The first len(spacing) axes are spatial; any trailing (channel) axes are kept."""
     n = len(spacing)
     f = np.asarray(new_spacing, float) / np.asarray(spacing, float)
     shape = array.shape[:n]
     out_shape = tuple(max(1, int(round(s / fi))) for s, fi in zip(shape, f))
-    del channels_last  # trailing axes are always looped over
     return _scale_warp(array, n, out_shape, f, order, anti_alias)
 
 
@@ -496,15 +498,17 @@ class Preprocessing(Transform):
     """Everything between a read `Image` (or raw array) and the model: one call, one config.
 
     Steps: check dimensionality/NaNs -> optional foreground crop -> optional resampling to
-    `spacing` (Images only: raw arrays have no known spacing) -> intensity -> resize to
-    `image_size` -> `channels`. Output float32 of shape (*image_size, channels).
+    `spacing` (Images with known spacing only: raw arrays and plain PNGs are not resampled)
+    -> intensity (at native resolution) -> resize to `image_size` (`fit`: "stretch", or keep
+    the aspect ratio and centre "pad" with the minimum / "crop") -> `channels`.
+    Output float32 of shape (*image_size, channels).
     """
 
-    _config_keys = ("spatial_ndim", "image_size", "channels", "intensity", "spacing", "crop", "order")
+    _config_keys = ("spatial_ndim", "image_size", "channels", "intensity", "spacing", "crop", "fit", "order")
 
     def __init__(self, spatial_ndim: int = 2, image_size: int | Sequence[int] = 28, channels: int = 1,
                  intensity: str | None = "minmax", spacing: float | Sequence[float] | None = None,
-                 crop: str | None = None, order: int = 1, version: int = 1):
+                 crop: str | None = None, fit: str = "stretch", order: int = 1, version: int = 1):
         if int(spatial_ndim) not in (2, 3):
             raise ConfigError(f"spatial_ndim must be 2 or 3, got {spatial_ndim}")
         self.spatial_ndim = int(spatial_ndim)
@@ -517,6 +521,9 @@ class Preprocessing(Transform):
         if crop not in (None, "foreground"):
             raise ConfigError(f"crop must be None or 'foreground', got {crop!r}")
         self.crop = crop
+        if fit not in FIT_CHOICES:
+            raise ConfigError(f"fit must be one of {', '.join(FIT_CHOICES)}, got {fit!r}")
+        self.fit = fit
         self.order = int(order)
         del version  # format version of the config; only 1 exists
         self._intensity = _parse_intensity(self.intensity)
@@ -548,7 +555,9 @@ class Preprocessing(Transform):
                 raise InputError(f"expected {want}, got {got} of shape {_shape_text(shape)}", src)
             arr = x.array if x.has_channels else x.array[..., None]
             check_finite(arr, src)
-            return arr, x.spacing[: self.spatial_ndim], src
+            # a PNG/JPEG Image has nominal 1 mm pixels: its spacing is unknown, not 1 mm
+            known = x.has_geometry or any(s != 1.0 for s in x.spacing[: self.spatial_ndim])
+            return arr, (x.spacing[: self.spatial_ndim] if known else None), src
         arr = np.asarray(x)
         shape = tuple(arr.shape)
         if arr.dtype == object or arr.dtype.kind not in "biuf":
@@ -590,9 +599,24 @@ class Preprocessing(Transform):
         arr = to_float(arr)
         if self._intensity is not None:
             arr = self._intensity(arr)
-        arr = resize_array(arr, self.image_size, self.order, anti_alias=self.order > 0)
+        arr = self._fit(arr)
         arr = self._channels(arr)
         return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def _fit(self, arr: np.ndarray) -> np.ndarray:
+        """Resize to image_size: stretched, or aspect kept and centre padded ("pad") / cropped ("crop")."""
+        size = self.image_size
+        if self.fit != "stretch":
+            ratios = [t / s for t, s in zip(size, arr.shape[: self.spatial_ndim])]
+            r = min(ratios) if self.fit == "pad" else max(ratios)
+            inner = tuple(max(1, int(round(s * r))) for s in arr.shape[: self.spatial_ndim])
+            if self.fit == "pad":
+                inner = tuple(min(i, t) for i, t in zip(inner, size))
+            else:
+                inner = tuple(max(i, t) for i, t in zip(inner, size))
+            arr = resize_array(arr, inner, self.order, anti_alias=self.order > 0)
+            return CenterCropPad(size, pad_value="min")(arr)
+        return resize_array(arr, size, self.order, anti_alias=self.order > 0)
 
     def batch(self, items: Iterable[Any] | np.ndarray, progress: bool | None = None,
               desc: str = "preprocessing") -> np.ndarray:
