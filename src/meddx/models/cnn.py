@@ -1,0 +1,30 @@
+"""`cnn`: the compact, fast CPU default (conv-BN-ReLU pairs, two poolings, GAP, dropout, logits)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from meddx.models._blocks import classification_head, conv_bn_relu, finish, image_input, mark_features, nd
+from meddx.models.registry import register
+
+
+@register(
+    "cnn",
+    dims=(2, 3),
+    default_size={2: 64, 3: 28},
+    normalisation="minmax",
+    description="6-conv batch-norm CNN (32-32-pool-64-64-pool-128-128 in 2D, 16-32-64 in 3D); fast CPU default",
+)
+def build_cnn(input_shape: tuple[int | None, ...], units: int, dims: int, filters: Sequence[int] | None = None,
+              convs_per_stage: int = 2, dropout: float = 0.3) -> Any:
+    """Stages of `convs_per_stage` 3x3 conv-BN-ReLU; max-pool between stages; GAP + dropout + Dense logits."""
+    filters = tuple(filters) if filters else ((32, 64, 128) if dims == 2 else (16, 32, 64))
+    inputs = image_input(input_shape)
+    x = inputs
+    for s, f in enumerate(filters, start=1):
+        for c in range(1, convs_per_stage + 1):
+            x = conv_bn_relu(x, f, dims, name=f"stage{s}_{c}")
+        if s < len(filters):
+            x = nd("MaxPooling", dims)(2, padding="same", name=f"pool{s}")(x)
+    x = mark_features(x)
+    return finish(inputs, classification_head(x, units, dims, dropout), name=f"cnn_{dims}d")
