@@ -52,6 +52,12 @@ def _fit(heat: Any, shape: Sequence[int]) -> np.ndarray:
     return h
 
 
+def _alpha_map(heat: np.ndarray, alpha: float, vmax: float) -> np.ndarray:
+    """Per-pixel opacity: `alpha` where heat is high, fading to 0 for the coldest 15% so the
+    anatomy under cold regions stays visible in plain grey."""
+    return float(alpha) * np.clip(heat / (0.15 * vmax), 0.0, 1.0)
+
+
 def _outline(ax: Any, mask2d: np.ndarray, colour: str, lw: float = 1.5, ls: str = "-") -> bool:
     """Draw the contours of a 2D mask; True if anything was drawn."""
     from skimage.measure import find_contours
@@ -113,7 +119,7 @@ def _legend(fig_or_ax: Any, have_lesions: bool, have_truth: bool) -> None:
 
 
 def save_overlay(image2d: Any, heatmap2d: Any, path: str | Path, lesions: Sequence[dict[str, Any]] | None = None,
-                 mask: Any = None, title: str | None = None, cmap: str = "jet", alpha: float = 0.4,
+                 mask: Any = None, title: str | None = None, cmap: str = "jet", alpha: float = 0.5,
                  spacing: Sequence[float] | None = None, figsize: tuple[float, float] = (6.0, 5.0),
                  dpi: int = 100) -> Path:
     """Write a PNG (figsize * dpi pixels, default 600x500) of the heatmap over the grey image.
@@ -131,7 +137,8 @@ def save_overlay(image2d: Any, heatmap2d: Any, path: str | Path, lesions: Sequen
     aspect = float(spacing[0]) / float(spacing[1]) if spacing is not None else 1.0
     fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
     ax.imshow(img, cmap=None if rgb else "gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect=aspect)
-    hm = ax.imshow(heat, cmap=cmap, alpha=float(alpha), vmin=0.0, vmax=max(1.0, float(heat.max())),
+    vmax = max(1.0, float(heat.max()))
+    hm = ax.imshow(heat, cmap=cmap, alpha=_alpha_map(heat, alpha, vmax), vmin=0.0, vmax=vmax,
                    interpolation="bilinear", aspect=aspect)
     cbar = fig.colorbar(hm, ax=ax, fraction=0.046, pad=0.04)
     cbar.set_label("relevance (normalised)")
@@ -166,7 +173,7 @@ def _plane(arr: np.ndarray, axis: int, index: int) -> np.ndarray:
 
 def save_volume_overlay(volume: Any, heatmap: Any, path: str | Path, lesions: Sequence[dict[str, Any]] | None = None,
                         mask: Any = None, title: str | None = None, spacing: Sequence[float] | None = None,
-                        mode: str = "orthogonal", n_slices: int = 6, cmap: str = "jet", alpha: float = 0.4,
+                        mode: str = "orthogonal", n_slices: int = 6, cmap: str = "jet", alpha: float = 0.5,
                         dpi: int = 100) -> Path:
     """Write a PNG of a 3D (z, y, x) heatmap over the volume.
 
@@ -226,7 +233,8 @@ def save_volume_overlay(volume: Any, heatmap: Any, path: str | Path, lesions: Se
     have_lesions = have_truth = False
     for ax, axis, idx, label, aspect, cross in panels:
         ax.imshow(_plane(disp, axis, idx), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect=aspect)
-        hm = ax.imshow(_plane(heat, axis, idx), cmap=cmap, alpha=float(alpha), vmin=0.0, vmax=vmax,
+        hplane = _plane(heat, axis, idx)
+        hm = ax.imshow(hplane, cmap=cmap, alpha=_alpha_map(hplane, alpha, vmax), vmin=0.0, vmax=vmax,
                        interpolation="bilinear", aspect=aspect)
         for lm in lesion_masks:
             have_lesions |= _outline(ax, _plane(lm, axis, idx), LESION_COLOUR)
