@@ -174,6 +174,9 @@ def test_multiclass_and_multilabel_metrics():
     assert np.array(ml["confusion_matrix"]).sum(1).tolist() == [100] * 4
     json.dumps(ml, allow_nan=False)
 
+    unnormalised = C.classification_metrics(y, p * 0.5, ["a", "b", "c"], task="multiclass", n_boot=0)
+    assert any("sum to 1" in w for w in unnormalised["warnings"]) and unnormalised["auc_ci"] == [None, None]
+
 
 def test_degenerate_single_class_gives_none_and_warning():
     m = C.classification_metrics(np.zeros(10, int), np.linspace(0, 1, 10), ["a", "b"], n_boot=50)

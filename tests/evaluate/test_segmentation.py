@@ -120,3 +120,12 @@ def test_best_threshold_iou_and_summary():
     assert r["n"] == 3 and r["n_evaluated"] == 2 and r["n_empty_mask"] == 1
     assert r["pointing_hit_rate"] == 0.5
     json.dumps(r, allow_nan=False)
+
+
+def test_masks_touching_the_border_and_small_objects_in_big_volume():
+    a = _square((40, 40), 0, 0)  # touches the array border: border pixels count as surface
+    b = _square((40, 40), 3, 0)
+    assert S.hausdorff95(a, b) == pytest.approx(3.0)
+    vol = np.zeros((60, 128, 128), bool)
+    vol[20:30, 40:60, 40:60] = True
+    assert S.hausdorff95(vol, np.roll(vol, 3, axis=1), spacing=(2.5, 0.7, 0.7)) == pytest.approx(2.1)

@@ -531,6 +531,8 @@ def classification_metrics(
         k_cls = p.shape[1]
         if len(names) != k_cls:
             raise InputError(f"{len(names)} class names for {k_cls} probability columns")
+        if p.size and not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
+            warn.append("multiclass probabilities do not sum to 1 per case (softmax not applied?)")
         pred = p.argmax(axis=1)
         auc_metric, auc_scores = macro_auc_ovr, p
         aucs = np.array([roc_auc((y == k).astype(np.int64), p[:, k]) for k in range(k_cls)])
