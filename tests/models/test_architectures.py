@@ -131,6 +131,11 @@ def test_small_and_large_stems() -> None:
     assert "stem_pool" not in [layer.name for layer in small.layers]
 
 
+def test_cnn_strided_stem_for_larger_inputs() -> None:
+    assert build_model("cnn", (64, 64, 1), 6, task="multiclass").get_layer("features").output.shape[1:3] == (8, 8)
+    assert build_model("cnn", (28, 28, 1), 2).get_layer("features").output.shape[1:3] == (7, 7)
+
+
 def test_app_resizes_small_inputs_with_a_note() -> None:
     with pytest.warns(UserWarning, match="resizing to 32x32"):
         model = build_model("app_mobilenetv2", (28, 28, 1), 2)

@@ -13,17 +13,26 @@ from meddx.models.registry import register
     dims=(2, 3),
     default_size={2: 64, 3: 28},
     normalisation="minmax",
-    description="6-conv batch-norm CNN (32-32-pool-64-64-pool-128-128 in 2D, 16-32-64 in 3D); fast CPU default",
+    description="6-conv batch-norm CNN (32-32-pool-64-64-pool-128-128 in 2D, 16-32-64 in 3D; first conv "
+                "strided for inputs >= 48 px); fast CPU default",
 )
 def build_cnn(input_shape: tuple[int | None, ...], units: int, dims: int, filters: Sequence[int] | None = None,
-              convs_per_stage: int = 2, dropout: float = 0.3) -> Any:
-    """Stages of `convs_per_stage` 3x3 conv-BN-ReLU; max-pool between stages; GAP + dropout + Dense logits."""
+              convs_per_stage: int = 2, dropout: float = 0.3, strided_stem: bool | None = None) -> Any:
+    """Stages of `convs_per_stage` 3x3 conv-BN-ReLU; max-pool between stages; GAP + dropout + Dense logits.
+
+    `strided_stem` (default: when every side is >= 48) makes the first conv stride 2, so a 64 px
+    image costs about what a 32 px one does (~5x faster training on a CPU).
+    """
+    if strided_stem is None:
+        spatial = [s for s in input_shape[:-1] if s is not None]
+        strided_stem = bool(spatial) and min(spatial) >= 48
     filters = tuple(filters) if filters else ((32, 64, 128) if dims == 2 else (16, 32, 64))
     inputs = image_input(input_shape)
     x = inputs
     for s, f in enumerate(filters, start=1):
         for c in range(1, convs_per_stage + 1):
-            x = conv_bn_relu(x, f, dims, name=f"stage{s}_{c}")
+            stride = 2 if (strided_stem and s == 1 and c == 1) else 1
+            x = conv_bn_relu(x, f, dims, name=f"stage{s}_{c}", strides=stride)
         if s < len(filters):
             x = nd("MaxPooling", dims)(2, padding="same", name=f"pool{s}")(x)
     x = mark_features(x)

@@ -21,7 +21,7 @@ NORMALISATIONS = ("minmax", "zscore", "imagenet")
 KINDS = ("classification", "segmentation")
 CAM_LAYER = "features"
 OUTPUT_LAYER = "logits"
-_ARCH_MODULES = ("cnn", "resnet", "densenet", "unet", "applications")
+_ARCH_MODULES = ("cnn", "resnet", "densenet", "unet", "applications", "sequence")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,361 @@
+"""Sequence classifiers over frame stacks (cine, video, slice series): `lstm`, `gru`, `tcn`, `transformer`, `cnn25d`.
+
+Input (T, H, W, C) per study (T may be None for variable length). A small 2D CNN encodes every
+frame (frames folded into the batch axis around individual 2D layers, so the graph stays flat: no
+nested keras.Model);
+a temporal head mixes the frame features; attention pooling gives the study-level "logits".
+
+Masking: a frame whose pixels are ALL exactly 0 is padding (what `meddx.data.sequences.pad_sequences`
+writes). The mask is computed inside the model ("frame_mask"), so padded frames change nothing:
+the RNNs skip them, the TCN (causal, features re-zeroed after every block) and the Transformer
+(key mask on attention) never see them, and attention pooling gives them weight 0 exactly.
+Per-frame relevance is exposed by the layers "frame_scores" (N, T, 1, pre-softmax) and
+"attention" (N, T, softmax over valid frames); `frame_importance(model, x, mask)` returns the latter.
+
+The registry knows these as 3D-input ("classification") models because their input has four
+axes; `SEQUENCE_MODELS` / `is_sequence_model` tell them apart. `cnn25d` is the 2.5D baseline
+(adjacent frames as channels, fixed T); a 3D CNN comparison is the registry's `cnn` on (D, H, W, C).
+Keras is imported at module import here: the registry imports this module lazily.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from meddx.models.registry import CAM_LAYER, OUTPUT_LAYER, register
+
+__all__ = [
+    "SEQUENCE_MODELS", "is_sequence_model", "frame_importance", "FrameMask", "ApplyFrameMask",
+    "PositionalEncoding", "MaskedSoftmax", "WeightedSum", "AttentionMask", "BoolMask", "FoldTime",
+    "UnfoldTime", "SpatialMean",
+]
+
+SEQUENCE_MODELS = ("lstm", "gru", "tcn", "transformer", "cnn25d")
+ATTENTION_LAYER = "attention"
+FRAME_SCORES_LAYER = "frame_scores"
+FRAME_MASK_LAYER = "frame_mask"
+
+
+def is_sequence_model(name: str) -> bool:
+    """True for registry names whose input is a frame sequence (T, H, W, C)."""
+    return name in SEQUENCE_MODELS
+
+
+# -- custom layers (registered so .keras files load with safe_mode=True) -------------------------
+
+@keras.saving.register_keras_serializable(package="meddx")
+class FrameMask(layers.Layer):
+    """(N, T, ...) frames -> (N, T) float mask: 1 where a frame has any non-zero value, 0 for padding."""
+
+    def call(self, x: Any) -> Any:
+        nz = ops.not_equal(x, ops.zeros((), dtype=x.dtype))
+        axes = tuple(range(2, len(x.shape)))
+        return ops.cast(ops.any(nz, axis=axes), "float32")
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return tuple(input_shape[:2])
+
+
+@keras.saving.register_keras_serializable(package="meddx")
+class ApplyFrameMask(layers.Layer):
+    """[features (N, T, F), mask (N, T)] -> features with padded frames set to 0."""
+
+    def call(self, inputs: Any) -> Any:
+        h, m = inputs
+        return h * ops.cast(m, h.dtype)[..., None]
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return tuple(input_shape[0])
+
+
+@keras.saving.register_keras_serializable(package="meddx")
+class AttentionMask(layers.Layer):
+    """(N, T) frame mask -> (N, T, T) boolean attention mask: every query may attend only to valid keys."""
+
+    def call(self, m: Any) -> Any:
+        keys = ops.greater(m, 0.5)[:, None, :]                  # (N, 1, T)
+        rows = ops.greater(ops.ones_like(m), 0.5)[:, :, None]   # (N, T, 1), all True
+        return ops.logical_and(rows, keys)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (input_shape[0], input_shape[1], input_shape[1])
+
+
+@keras.saving.register_keras_serializable(package="meddx")
+class PositionalEncoding(layers.Layer):
+    """Adds the fixed sinusoidal encoding (Vaswani et al.) of the frame index to (N, T, D) features."""
+
+    def call(self, x: Any) -> Any:
+        t = ops.shape(x)[1]
+        d = int(x.shape[-1])
+        pos = ops.cast(ops.arange(t), "float32")[:, None]
+        i = ops.arange(d)
+        rates = ops.exp(-math.log(10000.0) * ops.cast(2 * (i // 2), "float32") / float(d))
+        ang = pos * rates[None, :]
+        pe = ops.where(ops.equal(i % 2, 0)[None, :], ops.sin(ang), ops.cos(ang))
+        return x + ops.cast(pe, x.dtype)[None]
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return tuple(input_shape)
+
+
+@keras.saving.register_keras_serializable(package="meddx")
+class MaskedSoftmax(layers.Layer):
+    """[scores (N, T, 1), mask (N, T)] -> (N, T) softmax over the valid frames (padded frames get exactly 0)."""
+
+    def call(self, inputs: Any) -> Any:
+        s, m = inputs
+        s = ops.cast(ops.squeeze(s, axis=-1), "float32")
+        valid = ops.greater(ops.cast(m, "float32"), 0.5)
+        s = ops.where(valid, s, ops.full_like(s, -1e9))
+        s = s - ops.max(s, axis=1, keepdims=True)
+        e = ops.exp(s) * ops.cast(valid, "float32")
+        return e / ops.maximum(ops.sum(e, axis=1, keepdims=True), 1e-12)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return tuple(input_shape[1])
+
+
+@keras.saving.register_keras_serializable(package="meddx")
+class WeightedSum(layers.Layer):
+    """[features (N, T, F), weights (N, T)] -> (N, F) attention-pooled study features."""
+
+    def call(self, inputs: Any) -> Any:
+        h, w = inputs
+        return ops.sum(h * ops.cast(w, h.dtype)[..., None], axis=1)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (input_shape[0][0], input_shape[0][-1])
+
+
+@keras.saving.register_keras_serializable(package="meddx")
+class BoolMask(layers.Layer):
+    """(N, T) float mask -> boolean mask for the RNNs' `mask=` argument."""
+
+    def call(self, m: Any) -> Any:
+        return ops.greater(m, 0.5)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return tuple(input_shape)
+
+
+@keras.saving.register_keras_serializable(package="meddx")
+class FoldTime(layers.Layer):
+    """(N, T, ...) -> (N*T, ...): frames become a batch for shared 2D layers (works for a dynamic T)."""
+
+    def call(self, x: Any) -> Any:
+        return ops.reshape(x, (-1,) + tuple(int(d) for d in x.shape[2:]))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        n, t = input_shape[0], input_shape[1]
+        return ((n * t) if (n is not None and t is not None) else None,) + tuple(input_shape[2:])
+
+
+@keras.saving.register_keras_serializable(package="meddx")
+class UnfoldTime(layers.Layer):
+    """[y (N*T, ...), reference (N, T, ...)] -> (N, T, ...): undo `FoldTime`."""
+
+    def call(self, inputs: Any) -> Any:
+        y, ref = inputs
+        shp = ops.shape(ref)
+        return ops.reshape(y, (shp[0], shp[1]) + tuple(int(d) for d in y.shape[1:]))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return tuple(input_shape[1][:2]) + tuple(input_shape[0][1:])
+
+
+@keras.saving.register_keras_serializable(package="meddx")
+class SpatialMean(layers.Layer):
+    """(N, T, h, w, F) -> (N, T, F): global average pooling of every frame's feature map."""
+
+    def call(self, x: Any) -> Any:
+        return ops.mean(x, axis=(2, 3))
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (input_shape[0], input_shape[1], input_shape[-1])
+
+
+# -- building blocks ----------------------------------------------------------------------------
+
+def _check_shape(input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
+    shape = tuple(input_shape)
+    if len(shape) != 4:
+        raise ValueError(f"sequence models take (T, H, W, C) inputs, got {shape}")
+    return shape
+
+
+def _frame_encoder(inputs: Any, filters: Sequence[int], dropout: float) -> Any:
+    """Per-frame 2D CNN (conv-BN-ReLU stages, max-pool between) shared over time -> (N, T, F).
+
+    Frames are folded into the batch axis so every layer is an ordinary 2D layer applied to all
+    frames at once (Keras 3's TimeDistributed loops over time steps and mishandles a dynamic T).
+    """
+    x = FoldTime(name="fold_time")(inputs)
+    for s, f in enumerate(filters, start=1):
+        x = layers.Conv2D(f, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
+                          name=f"frame_conv{s}")(x)
+        x = layers.BatchNormalization(name=f"frame_bn{s}")(x)
+        x = layers.ReLU(name=f"frame_relu{s}")(x)
+        if s < len(filters):
+            x = layers.MaxPooling2D(2, padding="same", name=f"frame_pool{s}")(x)
+    x = UnfoldTime(name=CAM_LAYER)([x, inputs])  # (N, T, h, w, F): per-frame Grad-CAM target
+    x = SpatialMean(name="frame_gap")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="frame_dropout")(x)
+    return x
+
+
+def _pool_and_head(h: Any, m: Any, units: int, dropout: float) -> Any:
+    """Per-frame scores -> masked softmax 'attention' -> weighted sum -> Dense 'logits'."""
+    scores = layers.Dense(1, name=FRAME_SCORES_LAYER)(h)
+    w = MaskedSoftmax(name=ATTENTION_LAYER)([scores, m])
+    pooled = WeightedSum(name="pooled")([h, w])
+    if dropout:
+        pooled = layers.Dropout(dropout, name="dropout")(pooled)
+    return layers.Dense(units, name=OUTPUT_LAYER, dtype="float32")(pooled)
+
+
+def _build(input_shape: Sequence[int | None], units: int, head: str, filters: Sequence[int] | None,
+           dropout: float, **kw: Any) -> Any:
+    shape = _check_shape(input_shape)
+    filters = tuple(filters) if filters else (16, 32, 64)
+    inputs = keras.Input(shape=shape, name="image")
+    m = FrameMask(name=FRAME_MASK_LAYER)(inputs)
+    h = _frame_encoder(inputs, filters, dropout)
+    h = ApplyFrameMask(name="frame_features")([h, m])
+    if head in ("lstm", "gru"):
+        units_rnn = int(kw.get("rnn_units", 32))
+        cell = layers.LSTM if head == "lstm" else layers.GRU
+        rnn = cell(units_rnn, return_sequences=True, name=f"{head}")
+        if kw.get("bidirectional", True):
+            rnn = layers.Bidirectional(rnn, name=f"bi{head}")
+        h = rnn(h, mask=BoolMask(name="rnn_mask")(m))
+        h = ApplyFrameMask(name="temporal_features")([h, m])
+    elif head == "tcn":
+        ch = int(kw.get("channels", 32))
+        k = int(kw.get("kernel_size", 3))
+        dilations = tuple(kw.get("dilations", (1, 2, 4)))
+        if int(h.shape[-1]) != ch:
+            h = layers.Dense(ch, name="tcn_proj")(h)
+            h = ApplyFrameMask(name="tcn_proj_mask")([h, m])
+        for i, d in enumerate(dilations, start=1):
+            r = layers.Conv1D(ch, k, dilation_rate=d, padding="causal", activation="relu", name=f"tcn{i}_conv1")(h)
+            r = layers.Dropout(dropout, name=f"tcn{i}_drop")(r) if dropout else r
+            r = layers.Conv1D(ch, k, dilation_rate=d, padding="causal", name=f"tcn{i}_conv2")(r)
+            h = layers.Add(name=f"tcn{i}_add")([h, r])
+            h = layers.ReLU(name=f"tcn{i}_relu")(h)
+            h = ApplyFrameMask(name=f"tcn{i}_mask")([h, m])
+    elif head == "transformer":
+        dm = int(kw.get("d_model", 32))
+        heads = int(kw.get("num_heads", 2))
+        n_layers = int(kw.get("num_layers", 1))
+        h = layers.Dense(dm, name="tf_proj")(h)
+        h = PositionalEncoding(name="positional_encoding")(h)
+        att_mask = AttentionMask(name="attention_mask")(m)
+        for i in range(1, n_layers + 1):
+            a = layers.MultiHeadAttention(heads, max(dm // heads, 1), dropout=dropout, name=f"tf{i}_mha")(
+                h, h, attention_mask=att_mask)
+            h = layers.LayerNormalization(epsilon=1e-6, name=f"tf{i}_ln1")(layers.Add(name=f"tf{i}_add1")([h, a]))
+            f = layers.Dense(2 * dm, activation="relu", name=f"tf{i}_ffn1")(h)
+            f = layers.Dense(dm, name=f"tf{i}_ffn2")(f)
+            h = layers.LayerNormalization(epsilon=1e-6, name=f"tf{i}_ln2")(layers.Add(name=f"tf{i}_add2")([h, f]))
+        h = ApplyFrameMask(name="temporal_features")([h, m])
+    else:  # pragma: no cover - guarded by the registered builders
+        raise ValueError(f"unknown sequence head {head!r}")
+    logits = _pool_and_head(h, m, units, dropout)
+    return keras.Model(inputs, logits, name=f"seq_{head}")
+
+
+# -- registered builders ----------------------------------------------------------------------
+
+_SEQ_DESC = "sequence model over frames (T, H, W, C): per-frame CNN shared over time + "
+
+
+@register("lstm", dims=(3,), default_size=64, description=_SEQ_DESC + "bidirectional LSTM + attention pooling")
+def build_lstm(input_shape: tuple[int | None, ...], units: int, dims: int = 3, filters: Sequence[int] | None = None,
+               rnn_units: int = 32, bidirectional: bool = True, dropout: float = 0.2) -> Any:
+    """Per-frame CNN -> (bi)LSTM over valid frames -> masked attention pooling -> logits."""
+    return _build(input_shape, units, "lstm", filters, dropout, rnn_units=rnn_units, bidirectional=bidirectional)
+
+
+@register("gru", dims=(3,), default_size=64, description=_SEQ_DESC + "bidirectional GRU + attention pooling")
+def build_gru(input_shape: tuple[int | None, ...], units: int, dims: int = 3, filters: Sequence[int] | None = None,
+              rnn_units: int = 32, bidirectional: bool = True, dropout: float = 0.2) -> Any:
+    """Per-frame CNN -> (bi)GRU over valid frames -> masked attention pooling -> logits."""
+    return _build(input_shape, units, "gru", filters, dropout, rnn_units=rnn_units, bidirectional=bidirectional)
+
+
+@register("tcn", dims=(3,), default_size=64,
+          description=_SEQ_DESC + "TCN (dilated causal Conv1D residual blocks) + attention pooling")
+def build_tcn(input_shape: tuple[int | None, ...], units: int, dims: int = 3, filters: Sequence[int] | None = None,
+              channels: int = 32, kernel_size: int = 3, dilations: Sequence[int] = (1, 2, 4),
+              dropout: float = 0.2) -> Any:
+    """Per-frame CNN -> residual dilated causal Conv1D blocks (padded frames re-zeroed) -> attention pooling."""
+    return _build(input_shape, units, "tcn", filters, dropout, channels=channels, kernel_size=kernel_size,
+                  dilations=tuple(dilations))
+
+
+@register("transformer", dims=(3,), default_size=64,
+          description=_SEQ_DESC + "Transformer encoder (sinusoidal positions, masked MHA) + attention pooling")
+def build_transformer(input_shape: tuple[int | None, ...], units: int, dims: int = 3,
+                      filters: Sequence[int] | None = None, d_model: int = 32, num_heads: int = 2,
+                      num_layers: int = 1, dropout: float = 0.1) -> Any:
+    """Per-frame CNN -> positional encoding -> masked multi-head self-attention blocks -> attention pooling."""
+    return _build(input_shape, units, "transformer", filters, dropout, d_model=d_model, num_heads=num_heads,
+                  num_layers=num_layers)
+
+
+@register("cnn25d", dims=(3,), default_size=64,
+          description="2.5D baseline: the T frames (T, H, W, C) stacked as channels of one 2D CNN (fixed T)")
+def build_cnn25d(input_shape: tuple[int | None, ...], units: int, dims: int = 3,
+                 filters: Sequence[int] | None = None, dropout: float = 0.2) -> Any:
+    """Adjacent slices as channels: (T, H, W, C) -> (H, W, T*C) -> conv-BN-ReLU stages -> GAP -> logits."""
+    t, hh, ww, c = _check_shape(input_shape)
+    if None in (t, hh, ww, c):
+        raise ValueError(f"cnn25d needs a fixed (T, H, W, C) input shape, got {tuple(input_shape)}")
+    filters = tuple(filters) if filters else (32, 64, 128)
+    inputs = keras.Input(shape=(t, hh, ww, c), name="image")
+    x = layers.Permute((2, 3, 1, 4), name="slices_last")(inputs)
+    x = layers.Reshape((hh, ww, t * c), name="slices_as_channels")(x)
+    for s, f in enumerate(filters, start=1):
+        x = layers.Conv2D(f, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"conv{s}")(x)
+        x = layers.BatchNormalization(name=f"bn{s}")(x)
+        x = layers.ReLU(name=f"relu{s}")(x)
+        if s < len(filters):
+            x = layers.MaxPooling2D(2, padding="same", name=f"pool{s}")(x)
+    x = layers.Identity(name=CAM_LAYER)(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    return keras.Model(inputs, layers.Dense(units, name=OUTPUT_LAYER, dtype="float32")(x), name="cnn25d")
+
+
+# -- explanation --------------------------------------------------------------------------------
+
+def frame_importance(model: Any, x: np.ndarray, mask: np.ndarray | None = None, batch_size: int = 16) -> np.ndarray:
+    """(N, T) attention weight of every frame in the study decision (rows sum to 1 over valid frames, 0 on padding).
+
+    `mask` (N, T) marks valid frames (from `pad_sequences`); frames outside it are zeroed before
+    the model sees them, so the model's own padding detection agrees with the mask.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != x.shape[:2]:
+            raise ValueError(f"mask shape {mask.shape} does not match the frames' (N, T) = {x.shape[:2]}")
+        x = np.where(mask.reshape(mask.shape + (1,) * (x.ndim - 2)), x, 0.0).astype(np.float32)
+    try:
+        att = model.get_layer(ATTENTION_LAYER)
+    except ValueError:
+        raise ValueError(f"model '{model.name}' has no '{ATTENTION_LAYER}' layer (not a sequence model)") from None
+    probe = keras.Model(model.inputs, att.output)
+    w = np.asarray(probe.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+    if mask is not None:
+        w = w * mask
+        w = w / np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+    return w
