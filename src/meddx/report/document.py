@@ -142,7 +142,8 @@ class _Pager:
             self.new()
 
     def text(self, text: str, size: float = 9.0, weight: str = "normal", colour: str = "black",
-             width: int = 100) -> None:
+             width: int | None = None) -> None:
+        width = width or int(100 * 9.0 / size * (0.9 if weight == "bold" else 1.0))
         lines = []
         for para in str(text).split("\n"):
             lines.extend(textwrap.wrap(para, width=width) or [""])
@@ -172,11 +173,11 @@ def _write_pdf_matplotlib(doc: Doc, base: Path, pdf_path: Path) -> None:
                 for block in doc.blocks:
                     kind = block[0]
                     if kind == "h1":
-                        pg.text(block[1], size=15, weight="bold", width=60)
+                        pg.text(block[1], size=15, weight="bold")
                     elif kind in ("h2", "h3"):
                         pg.need(0.08)
                         pg.y -= 0.008
-                        pg.text(block[1], size=12, weight="bold", colour="#334455", width=75)
+                        pg.text(block[1], size=12, weight="bold", colour="#334455")
                     elif kind == "p":
                         cls = block[2]
                         pg.text(block[1], size=10 if cls in ("finding", "notice") else 9,
@@ -201,9 +202,9 @@ def _write_pdf_matplotlib(doc: Doc, base: Path, pdf_path: Path) -> None:
                         h, w = arr.shape[:2]
                         width_frac = 0.86
                         height_frac = width_frac * _PAGE[0] / _PAGE[1] * h / w
-                        if height_frac > 0.55:
-                            width_frac *= 0.55 / height_frac
-                            height_frac = 0.55
+                        if height_frac > 0.4:  # two key images fit on a page
+                            width_frac *= 0.4 / height_frac
+                            height_frac = 0.4
                         pg.need(height_frac + 0.03)
                         ax = pg.fig.add_axes((_LEFT, pg.y - height_frac, width_frac, height_frac))
                         ax.imshow(arr)

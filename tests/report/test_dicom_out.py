@@ -1,0 +1,113 @@
+"""DICOM SEG / SR / Secondary Capture for the real CT series: read back, reference the source, validate."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from meddx.report import read_png_rgb, write_dicom_seg, write_dicom_sr, write_secondary_capture
+
+
+@pytest.fixture(scope="module")
+def sphere_mask(ct_image):
+    """Soft-tissue voxels (HU > 0) inside a 12 mm sphere: a small synthetic lesion over ~15 slices."""
+    z, y, x = np.ogrid[: ct_image.array.shape[0], :512, :512]
+    sz, sy, sx = ct_image.spacing
+    sphere = ((z - 64) * sz) ** 2 + ((y - 300) * sy) ** 2 + ((x - 200) * sx) ** 2 < 12.0**2
+    mask = sphere & (ct_image.array > 0)
+    assert mask.sum() > 1000
+    return mask
+
+
+def _dciodvfy_errors(path) -> list[str]:
+    if not shutil.which("dciodvfy"):
+        return []
+    res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [l for l in (res.stdout + res.stderr).splitlines() if l.startswith("Error")]
+
+
+def test_seg_references_source(ct_image, ct_dir, sphere_mask, tmp_path):
+    import highdicom as hd
+
+    refs = ct_image.metadata["dicom_refs"]
+    with pytest.warns(UserWarning, match="FrameOfReferenceUID"):
+        path = write_dicom_seg(ct_image, sphere_mask, ct_dir, tmp_path / "lesion_seg.dcm")
+    seg = hd.seg.segread(path)
+    assert seg.Modality == "SEG"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == refs["SeriesInstanceUID"]
+    assert seg.StudyInstanceUID == refs["StudyInstanceUID"]
+    ref_uids = [i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    slices = np.nonzero(sphere_mask.any(axis=(1, 2)))[0]
+    assert set(refs["SOPInstanceUIDs"][z] for z in slices) <= set(ref_uids)
+    # the mask comes back voxel for voxel in the source's slice order
+    arr = seg.get_pixels_by_source_instance(source_sop_instance_uids=[refs["SOPInstanceUIDs"][z] for z in slices],
+                                            segment_numbers=[1])
+    assert np.array_equal(arr[..., 0] != 0, sphere_mask[slices])
+    assert seg.SegmentSequence[0].SegmentLabel == "Lesion"
+    assert _dciodvfy_errors(path) == []
+
+
+def test_sr_holds_finding_and_measurements(ct_image, ct_dir, sphere_mask, tmp_path):
+    import highdicom as hd
+
+    from meddx.explain import mask_to_lesions
+
+    refs = ct_image.metadata["dicom_refs"]
+    lesions = mask_to_lesions(sphere_mask, spacing=ct_image)
+    path = write_dicom_sr(ct_image, {"predicted": "liver lesion", "probability": 0.87, "threshold": 0.4, "model": "cnn3d"},
+                          lesions, ct_dir, tmp_path / "report_sr.dcm")
+    sr = hd.sr.srread(path)
+    assert isinstance(sr, hd.sr.Comprehensive3DSR)
+    ev = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    assert ev.StudyInstanceUID == refs["StudyInstanceUID"]
+    series = ev.ReferencedSeriesSequence[0]
+    assert series.SeriesInstanceUID == refs["SeriesInstanceUID"]
+    assert sorted(s.ReferencedSOPInstanceUID for s in series.ReferencedSOPSequence) == sorted(refs["SOPInstanceUIDs"])
+    text = str(sr)
+    assert "liver lesion" in text and "Probability" in text
+    # measurements: finding probability, lesion diameter (mm) and volume (mL)
+    values = {}
+    def walk(items):
+        for it in items:
+            if it.ValueType == "NUM":
+                values.setdefault(it.ConceptNameCodeSequence[0].CodeMeaning, []).append(
+                    (float(it.MeasuredValueSequence[0].NumericValue),
+                     it.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue))
+            if "ContentSequence" in it:
+                walk(it.ContentSequence)
+    walk(sr.ContentSequence)
+    assert values["Probability"][0] == (pytest.approx(0.87), "1")
+    assert values["Volume"][0][1] == "ml"
+    assert values["Volume"][0][0] == pytest.approx(lesions[0]["volume_ml"], rel=1e-6)
+    assert values["Diameter"][0] == (pytest.approx(max(lesions[0]["extent_mm"]), rel=1e-6), "mm")
+    assert _dciodvfy_errors(path) == []
+
+
+def test_secondary_capture(ct_image, ct_dir, tmp_path):
+    import pydicom
+
+    from meddx.explain import save_overlay
+
+    z = 64
+    heat = np.zeros((512, 512))
+    heat[280:320, 180:220] = 1.0
+    png = save_overlay(ct_image.array[z], heat, tmp_path / "overlay.png")
+    src = pydicom.dcmread(sorted(ct_dir.iterdir())[0], stop_before_pixels=True)
+    path = write_secondary_capture(read_png_rgb(png), src, tmp_path / "overlay_sc.dcm")
+    sc = pydicom.dcmread(path)
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+    assert sc.StudyInstanceUID == src.StudyInstanceUID and sc.SeriesInstanceUID != src.SeriesInstanceUID
+    assert sc.PhotometricInterpretation == "RGB"
+    assert np.array_equal(sc.pixel_array, read_png_rgb(png))
+    assert _dciodvfy_errors(path) == []
+
+
+def test_seg_rejects_wrong_shape(ct_image, ct_dir, tmp_path):
+    from meddx.errors import InputError
+
+    with pytest.warns(UserWarning), pytest.raises(InputError, match="does not match"):
+        write_dicom_seg(ct_image, np.ones((3, 4, 5), bool), ct_dir, tmp_path / "x.dcm")
+    assert not (tmp_path / "x.dcm").exists()
