@@ -1,0 +1,300 @@
+"""Slice/frame labelling: per-frame lesion probabilities smoothed along the sequence by an HMM or a CRF.
+
+A 2D classifier gives every slice a lesion probability; lesions are contiguous along z (or t),
+so isolated positives/negatives are usually errors. Two smoothers, each `fit(prob_seqs, label_seqs)`
+/ `predict(prob_seqs)` over LISTS of per-sequence arrays (sequences may differ in length):
+
+- `HMMSmoother`: 2-state HMM (hmmlearn) whose transition matrix and start probabilities are
+  counted in the training label sequences; emissions are the classifier's probability (hybrid
+  NN/HMM, default) or a Gaussian of its logit per state; Viterbi decoding.
+- `CRFSmoother`: linear-chain CRF (sklearn-crfsuite) on per-frame features: the probability, its
+  logit, the neighbours' probabilities, the position along the sequence.
+
+`lesion_runs(labels)` / `lesion_extent(labels)` turn a 0/1 sequence into [start, stop) runs.
+Fit the smoothers on OUT-OF-FOLD probabilities (e.g. `sklearn.model_selection.cross_val_predict`
+grouped by patient): in-sample probabilities are over-confident and teach the smoother to trust them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["HMMSmoother", "CRFSmoother", "lesion_runs", "lesion_extent", "frame_features", "sequence_f1",
+           "slice_feature_matrix"]
+
+_EPS = 1e-4
+
+
+def _logit(p: np.ndarray, eps: float = _EPS) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps)
+    return np.log(p / (1.0 - p))
+
+
+def _as_list(seqs: Sequence[Any]) -> list[np.ndarray]:
+    out = [np.asarray(s, dtype=np.float64).ravel() for s in seqs]
+    if not out or any(s.size == 0 for s in out):
+        raise ValueError("need at least one non-empty sequence")
+    return out
+
+
+def _check_labels(prob_seqs: list[np.ndarray], label_seqs: Sequence[Any]) -> list[np.ndarray]:
+    labs = [np.asarray(y).astype(np.int64).ravel() for y in label_seqs]
+    if len(labs) != len(prob_seqs) or any(a.size != b.size for a, b in zip(labs, prob_seqs)):
+        raise ValueError("label sequences must match the probability sequences in number and lengths")
+    if any(((y != 0) & (y != 1)).any() for y in labs):
+        raise ValueError("frame labels must be 0/1")
+    return labs
+
+
+def lesion_runs(labels: Sequence[int] | np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) index runs of consecutive positive frames, in order."""
+    y = np.asarray(labels).astype(bool).ravel()
+    padded = np.concatenate([[False], y, [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def lesion_extent(labels: Sequence[int] | np.ndarray, numbers: Sequence[int] | None = None) -> dict[str, Any]:
+    """Which frames hold the lesion and its extent: `runs` (index [start, stop)), `first`/`last` index (or None),
+    `n_positive`, `longest_run`, and with `numbers` (e.g. slice numbers) the runs in those numbers too."""
+    y = np.asarray(labels).astype(bool).ravel()
+    runs = lesion_runs(y)
+    pos = np.flatnonzero(y)
+    out: dict[str, Any] = {
+        "n_frames": int(y.size), "n_positive": int(pos.size), "runs": runs,
+        "first": int(pos[0]) if pos.size else None, "last": int(pos[-1]) if pos.size else None,
+        "longest_run": max(runs, key=lambda r: r[1] - r[0]) if runs else None,
+    }
+    if numbers is not None:
+        nums = np.asarray(numbers).ravel()
+        out["runs_numbers"] = [(int(nums[a]), int(nums[b - 1])) for a, b in runs]
+    return out
+
+
+def sequence_f1(label_seqs: Sequence[Any], pred_seqs: Sequence[Any]) -> float:
+    """Per-frame F1 of the positive class pooled over all frames of all sequences."""
+    y = np.concatenate([np.asarray(a).ravel() for a in label_seqs]).astype(bool)
+    p = np.concatenate([np.asarray(a).ravel() for a in pred_seqs]).astype(bool)
+    tp = float(np.sum(y & p))
+    den = 2 * tp + float(np.sum(~y & p)) + float(np.sum(y & ~p))
+    return 2 * tp / den if den else 1.0
+
+
+def _posterior_hmm_class() -> Any:
+    """A hmmlearn HMM whose emission scores are the classifier's own per-frame probabilities."""
+    from hmmlearn.base import BaseHMM
+
+    class PosteriorHMM(BaseHMM):
+        """Hybrid HMM: log p(x | s) = w * log P(s | x) + const (a classifier trained with balanced
+        classes gives a posterior proportional to the likelihood). X is (T, 1) probabilities."""
+
+        def __init__(self, emission_weight: float = 1.0, **kw: Any):
+            super().__init__(n_components=2, algorithm="viterbi", params="", init_params="", **kw)
+            self.emission_weight = emission_weight
+
+        def _get_n_fit_scalars_per_param(self) -> dict[str, int]:
+            return {"s": 1, "t": 2}
+
+        def _compute_log_likelihood(self, X: np.ndarray) -> np.ndarray:
+            p = np.clip(np.asarray(X, dtype=np.float64)[:, 0], _EPS, 1.0 - _EPS)
+            return self.emission_weight * np.stack([np.log1p(-p), np.log(p)], axis=1)
+
+    return PosteriorHMM
+
+
+class HMMSmoother:
+    """Two-state (0 = no lesion, 1 = lesion) HMM over per-frame probabilities, decoded with Viterbi (hmmlearn).
+
+    `fit(probs, labels)` is supervised: start and transition probabilities are counted from the
+    label sequences (+`pseudocount`). Emissions (`emission`):
+    - "posterior" (default, hybrid NN/HMM): the classifier's probability itself scores the states,
+      log p(x|s) = w * log P(s|x) -- right for a classifier trained with balanced class weights;
+      `emission_weight` w is picked from `weights` by F1 on the training sequences (w=inf would
+      reproduce the raw classifier; smaller w trusts the transitions more).
+    - "gaussian": GaussianHMM with a Gaussian of logit(p) per state estimated from the labelled frames.
+    `fit(probs)` without labels: Baum-Welch (GaussianHMM) from a 2-state initialisation.
+    """
+
+    def __init__(self, emission: str = "posterior", pseudocount: float = 1.0, min_std: float = 0.3,
+                 weights: Sequence[float] = (0.5, 1.0, 2.0, 4.0), seed: int = 0):
+        self.emission = emission
+        self.pseudocount = pseudocount
+        self.min_std = min_std
+        self.weights = weights
+        self.seed = seed
+
+    def _gaussian_hmm(self, init_params: str, params: str) -> Any:
+        from hmmlearn.hmm import GaussianHMM
+
+        return GaussianHMM(n_components=2, covariance_type="diag", algorithm="viterbi",
+                           init_params=init_params, params=params, random_state=self.seed, n_iter=50,
+                           min_covar=self.min_std ** 2)
+
+    def _fit_unsupervised(self, z: list[np.ndarray]) -> "HMMSmoother":
+        hmm = self._gaussian_hmm(init_params="", params="stmc")
+        allz = np.concatenate(z)
+        hmm.startprob_ = np.array([0.5, 0.5])
+        hmm.transmat_ = np.array([[0.9, 0.1], [0.1, 0.9]])
+        hmm.means_ = np.array([[np.percentile(allz, 25)], [np.percentile(allz, 75)]])
+        hmm.covars_ = np.full((2, 1), max(float(allz.var()), self.min_std ** 2))
+        hmm.fit(allz[:, None], lengths=[len(a) for a in z])
+        if hmm.means_[0, 0] > hmm.means_[1, 0]:  # keep state 1 = lesion (higher logit)
+            perm = [1, 0]
+            covars = np.asarray([np.diag(c) for c in hmm.covars_])[perm]
+            hmm.startprob_ = hmm.startprob_[perm]
+            hmm.transmat_ = hmm.transmat_[perm][:, perm]
+            hmm.means_ = hmm.means_[perm]
+            hmm.covars_ = covars
+        self.hmm_ = hmm
+        self.kind_ = "gaussian"
+        return self
+
+    def fit(self, prob_seqs: Sequence[Any], label_seqs: Sequence[Any] | None = None) -> "HMMSmoother":
+        if self.emission not in ("posterior", "gaussian"):
+            raise ValueError(f"emission must be 'posterior' or 'gaussian', got {self.emission!r}")
+        probs = _as_list(prob_seqs)
+        z = [_logit(p) for p in probs]
+        if label_seqs is None:
+            return self._fit_unsupervised(z)
+        labs = _check_labels(probs, label_seqs)
+        c = float(self.pseudocount)
+        start = np.full(2, c)
+        trans = np.full((2, 2), c)
+        for y in labs:
+            start[y[0]] += 1
+            np.add.at(trans, (y[:-1], y[1:]), 1)
+        startprob, transmat = start / start.sum(), trans / trans.sum(axis=1, keepdims=True)
+        if self.emission == "posterior":
+            best = (-1.0, None)
+            for w in self.weights:
+                hmm = _posterior_hmm_class()(emission_weight=float(w), random_state=self.seed)
+                hmm.startprob_, hmm.transmat_ = startprob, transmat
+                pred = [hmm.predict(p[:, None]) for p in probs]
+                f1 = sequence_f1(labs, pred)
+                if f1 > best[0] + 1e-9:
+                    best = (f1, hmm)
+            self.hmm_ = best[1]
+            self.kind_ = "posterior"
+            return self
+        allz, ally = np.concatenate(z), np.concatenate(labs)
+        means = np.zeros((2, 1))
+        var = np.zeros((2, 1))
+        for k in (0, 1):
+            zk = allz[ally == k]
+            if zk.size == 0:  # an unseen state: a weak prior on the matching side
+                zk = np.array([-2.0 if k == 0 else 2.0])
+            means[k, 0] = zk.mean()
+            var[k, 0] = max(float(zk.var()), self.min_std ** 2)
+        hmm = self._gaussian_hmm(init_params="", params="")
+        hmm.startprob_, hmm.transmat_ = startprob, transmat
+        hmm.means_ = means
+        hmm.covars_ = var
+        self.hmm_ = hmm
+        self.kind_ = "gaussian"
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "hmm_"):
+            raise RuntimeError("HMMSmoother is not fitted; call fit() first")
+
+    def _obs(self, p: np.ndarray) -> np.ndarray:
+        return (p if self.kind_ == "posterior" else _logit(p))[:, None]
+
+    def predict(self, prob_seqs: Sequence[Any]) -> list[np.ndarray]:
+        """Viterbi state path (0/1 int64) of every sequence."""
+        self._check_fitted()
+        return [self.hmm_.predict(self._obs(p)).astype(np.int64) for p in _as_list(prob_seqs)]
+
+    def predict_proba(self, prob_seqs: Sequence[Any]) -> list[np.ndarray]:
+        """Posterior probability of the lesion state per frame (forward-backward)."""
+        self._check_fitted()
+        return [self.hmm_.predict_proba(self._obs(p))[:, 1] for p in _as_list(prob_seqs)]
+
+
+def frame_features(probs: Sequence[float] | np.ndarray, context: int = 2) -> list[dict[str, float]]:
+    """CRF features of each frame: p, logit(p), neighbours' p at offsets +-1..context (0 past the ends),
+    local mean/max, relative position in [0, 1] and its square, and begin/end flags."""
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    t = p.size
+    z = _logit(p)
+    feats = []
+    for i in range(t):
+        f: dict[str, float] = {"bias": 1.0, "p": p[i], "logit": z[i] / 5.0}
+        lo, hi = max(0, i - context), min(t, i + context + 1)
+        f["local_mean"] = float(p[lo:hi].mean())
+        f["local_max"] = float(p[lo:hi].max())
+        for k in range(1, context + 1):
+            f[f"p[-{k}]"] = p[i - k] if i - k >= 0 else 0.0
+            f[f"p[+{k}]"] = p[i + k] if i + k < t else 0.0
+        pos = i / (t - 1) if t > 1 else 0.5
+        f["pos"] = pos
+        f["pos2"] = (pos - 0.5) ** 2
+        f["first"] = float(i == 0)
+        f["last"] = float(i == t - 1)
+        feats.append(f)
+    return feats
+
+
+class CRFSmoother:
+    """Linear-chain CRF (sklearn-crfsuite, L-BFGS with elastic-net `c1`/`c2`) over `frame_features`."""
+
+    def __init__(self, c1: float = 0.05, c2: float = 0.05, max_iterations: int = 200, context: int = 2):
+        self.c1 = c1
+        self.c2 = c2
+        self.max_iterations = max_iterations
+        self.context = context
+
+    def fit(self, prob_seqs: Sequence[Any], label_seqs: Sequence[Any]) -> "CRFSmoother":
+        import sklearn_crfsuite
+
+        probs = _as_list(prob_seqs)
+        labs = _check_labels(probs, label_seqs)
+        crf = sklearn_crfsuite.CRF(algorithm="lbfgs", c1=self.c1, c2=self.c2, max_iterations=self.max_iterations,
+                                   all_possible_transitions=True)
+        crf.fit([frame_features(p, self.context) for p in probs], [[str(v) for v in y] for y in labs])
+        self.crf_ = crf
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "crf_"):
+            raise RuntimeError("CRFSmoother is not fitted; call fit() first")
+
+    def predict(self, prob_seqs: Sequence[Any]) -> list[np.ndarray]:
+        """Most likely (Viterbi) 0/1 label sequence of every sequence."""
+        self._check_fitted()
+        out = self.crf_.predict([frame_features(p, self.context) for p in _as_list(prob_seqs)])
+        return [np.asarray([int(v) for v in y], np.int64) for y in out]
+
+    def predict_proba(self, prob_seqs: Sequence[Any]) -> list[np.ndarray]:
+        """Marginal probability of the lesion label per frame."""
+        self._check_fitted()
+        marg = self.crf_.predict_marginals([frame_features(p, self.context) for p in _as_list(prob_seqs)])
+        return [np.asarray([m.get("1", 0.0) for m in seq]) for seq in marg]
+
+
+def slice_feature_matrix(frames: np.ndarray) -> np.ndarray:
+    """Fast handcrafted per-slice features (T, F) for a lesion-presence classifier on (T, H, W[, C]) frames.
+
+    Per channel: mean, std, percentiles (50/90/99), fraction above mean+2sd of the slice's
+    foreground, and a 4x4 grid of block means -- cheap, and enough for bright-lesion MRI (FLAIR).
+    """
+    a = np.asarray(frames, dtype=np.float32)
+    if a.ndim == 3:
+        a = a[..., None]
+    t, h, w, c = a.shape
+    rows = []
+    for i in range(t):
+        f = []
+        for ch in range(c):
+            x = a[i, :, :, ch]
+            fg = x[x > 0.02]
+            fg = fg if fg.size else x.ravel()
+            mu, sd = float(fg.mean()), float(fg.std())
+            f += [float(x.mean()), mu, sd, *np.percentile(fg, [50, 90, 99]).tolist(),
+                  float(np.mean(fg > mu + 2 * sd)), float(fg.size) / x.size]
+            bh, bw = h // 4, w // 4
+            f += x[: bh * 4, : bw * 4].reshape(4, bh, 4, bw).mean(axis=(1, 3)).ravel().tolist()
+        rows.append(f)
+    return np.asarray(rows, np.float32)
