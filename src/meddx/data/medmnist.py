@@ -185,3 +185,12 @@ def _stream(url: str, out: Any, *, timeout: float, progress: bool, desc: str,
                 h.update(block)
                 bar.update(len(block))
     return h.hexdigest()
+
+
+def label_names_for(filename: str) -> list[str] | None:
+    """MedMNIST's published class names when `filename` starts with a known flag (e.g. breastmnist_trainval.npz)."""
+    stem = Path(filename).name.lower()
+    for flag in sorted(MEDMNIST_INFO, key=len, reverse=True):
+        if stem.startswith(flag):
+            return list(MEDMNIST_INFO[flag]["labels"])
+    return None

@@ -1,0 +1,173 @@
+"""meddx command line: parse, call one function, print, exit with a clear code.
+
+Exit codes: 0 success, 2 bad input or options (one line on stderr), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from meddx import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meddx", description="Medical image diagnosis: read, train, evaluate, "
+                                "localise and report (Keras 3 + TensorFlow).")
+    p.add_argument("--version", action="version", version=f"meddx {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="whole pipeline on built-in synthetic lesion data (minutes on a CPU)")
+    d.add_argument("--out", default="meddx-demo", help="output folder (default: meddx-demo)")
+    d.add_argument("--data", help="run on this DATA instead of the built-in synthetic slices")
+    d.add_argument("--n", type=int, default=1200, help="number of synthetic slices (default 1200)")
+    d.add_argument("--minutes", type=float, default=3.0, help="training time budget in minutes (default 3)")
+    d.add_argument("--epochs", type=int)
+    d.add_argument("--seed", type=int, default=0)
+
+    t = sub.add_parser("train", help="train a model on DATA into a RUN folder")
+    t.add_argument("data", help="a MedMNIST-style .npz, a folder with one subfolder per class, or a CSV manifest")
+    t.add_argument("--out", required=True, help="RUN folder to create (an interrupted run resumes)")
+    t.add_argument("--model", help="registry name: cnn (default), resnet18, resnet50, densenet121, app_*, unet ...")
+    t.add_argument("--task", choices=["classification", "segmentation"])
+    t.add_argument("--epochs", type=int, help="default: chosen from the data size")
+    t.add_argument("--image-size", type=int, help="default: the data's size, capped by the model's default")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, dest="learning_rate")
+    t.add_argument("--augment", choices=["none", "flip", "light", "strong"])
+    t.add_argument("--intensity", help="minmax | zscore | scale255 | window:<preset>")
+    t.add_argument("--max-minutes", type=float, help="stop training cleanly after this many minutes")
+    t.add_argument("--config", help="JSON or TOML file of training settings (options given here override it)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--overwrite", action="store_true", help="replace a finished RUN in --out")
+
+    e = sub.add_parser("evaluate", help="metrics.json, ROC/PR/calibration/confusion plots on a split of DATA")
+    e.add_argument("run")
+    e.add_argument("data")
+    e.add_argument("--split", default="test", help="train | val | test | all (default test)")
+    e.add_argument("--out", required=True)
+    e.add_argument("--report", action="store_true", help="also write an HTML evaluation report")
+
+    pr = sub.add_parser("predict", help="predictions.csv for images, volumes or DICOM series")
+    pr.add_argument("run")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--heatmaps", action="store_true", help="also write Grad-CAM heatmaps, overlays and lesions.csv")
+    pr.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "occlusion"])
+
+    r = sub.add_parser("report", help="report.html + report.pdf per study (+ DICOM SEG/SR for DICOM series)")
+    r.add_argument("run")
+    r.add_argument("inputs", nargs="+", metavar="INPUT")
+    r.add_argument("--out", required=True)
+    r.add_argument("--include-phi", action="store_true", help="show patient identifiers (off by default)")
+    r.add_argument("--no-dicom", action="store_true", help="skip DICOM SEG/SR outputs")
+
+    i = sub.add_parser("info", help="what the reader sees: shape, spacing, orientation, modality, range")
+    i.add_argument("input")
+    i.add_argument("--series", help="SeriesInstanceUID to pick in a folder with several series")
+    i.add_argument("--json", action="store_true")
+
+    dl = sub.add_parser("download", help="download an official MedMNIST file (needs internet)")
+    dl.add_argument("flag", help="e.g. breastmnist, pneumoniamnist, adrenalmnist3d")
+    dl.add_argument("--root", help="folder (default ~/.meddx/medmnist or $MEDDX_DATA)")
+
+    sub.add_parser("models", help="list the registered models")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "info":
+        from meddx.io import read_image
+        from meddx.io.info import format_info
+
+        img = read_image(args.input, series_uid=args.series, allow_nan=True)
+        if args.json:
+            import json
+
+            from meddx.utils import to_jsonable
+            print(json.dumps(to_jsonable(img.summary()), indent=2))
+        else:
+            print(format_info(img))
+        return 0
+    if cmd == "models":
+        from meddx.models.registry import list_models, model_spec
+
+        for name in list_models():
+            s = model_spec(name)
+            dims = "/".join(f"{d}D" for d in s.dims)
+            print(f"{name:<20} {dims:<6} {s.kind:<15} {s.description}")
+        return 0
+    if cmd == "download":
+        from meddx.data.medmnist import download_medmnist
+
+        print(download_medmnist(args.flag, args.root))
+        return 0
+    if cmd == "train":
+        from meddx.train.config import TrainConfig
+
+        cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+        cfg = cfg.updated({k: getattr(args, k) for k in ("model", "task", "epochs", "batch_size", "learning_rate",
+                                                         "augment", "intensity", "max_minutes", "seed")},
+                          source="command line")
+        cfg = cfg.updated({"image_size": args.image_size})
+        if cfg.task == "segmentation":
+            from meddx.train.segmentation import train_segmenter
+
+            train_segmenter(args.data, args.out, cfg, overwrite=args.overwrite)
+        else:
+            from meddx.train.fit import train
+
+            train(args.data, args.out, cfg, overwrite=args.overwrite)
+        return 0
+    if cmd == "evaluate":
+        from meddx.workflows import evaluate_run
+
+        evaluate_run(args.run, args.data, args.out, split=args.split, report=args.report)
+        return 0
+    if cmd == "predict":
+        from meddx.workflows import predict_inputs
+
+        predict_inputs(args.run, args.inputs, args.out, heatmaps=args.heatmaps, method=args.method)
+        return 0
+    if cmd == "report":
+        from meddx.workflows import report_studies
+
+        report_studies(args.run, args.inputs, args.out, include_phi=args.include_phi, dicom=not args.no_dicom)
+        return 0
+    if cmd == "demo":
+        from meddx.workflows import run_demo
+
+        run_demo(args.out, data=args.data, n=args.n, minutes=args.minutes, epochs=args.epochs, seed=args.seed)
+        return 0
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `meddx` console script."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    from meddx.errors import MeddxError
+
+    try:
+        return _run(args)
+    except MeddxError as exc:
+        print(f"meddx: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("meddx: interrupted (a training run resumes when started again with the same --out)", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("meddx: error: out of memory (try a smaller --image-size or --batch-size)", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

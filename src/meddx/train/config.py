@@ -1,0 +1,86 @@
+"""Training configuration: defaults, a JSON/TOML config file, and command-line overrides."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from meddx.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; `None` means "choose from the data" (recorded in run.json)."""
+
+    model: str = "cnn"
+    task: str = "classification"  # or "segmentation"
+    epochs: int | None = None  # None: chosen from the dataset size (see `auto_epochs`)
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    image_size: int | None = None  # None: the data's native size, capped by the model's default
+    channels: int | None = None  # None: from the data
+    intensity: str | None = None  # None: "scale255" for 8-bit arrays, "minmax" for files
+    augment: str = "flip"  # none | flip | light | strong (measured: flips win at 28 px)
+    class_weights: bool = True
+    patience: int = 25  # early stopping on validation AUC
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    max_minutes: float | None = None  # wall-clock budget; training stops cleanly when exceeded
+    jit_compile: bool = False
+    dropout: float = 0.3
+    threads: int | None = None  # TF intra-op threads; None = all cores
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        """Read a JSON or TOML file of TrainConfig fields (unknown keys are an error)."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file does not exist")
+        try:
+            text = p.read_text(encoding="utf-8")
+            data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{p}: cannot parse config: {exc}") from None
+        if isinstance(data, dict) and "train" in data and isinstance(data["train"], dict):
+            data = data["train"]
+        return cls().updated(data, source=str(p))
+
+    def updated(self, values: dict[str, Any], source: str = "options") -> "TrainConfig":
+        """A copy with `values` applied; `None` values leave the field unchanged."""
+        known = {f.name: f for f in fields(self)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        data = asdict(self)
+        data.update({k: v for k, v in values.items() if v is not None})
+        cfg = TrainConfig(**data)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.augment not in ("none", "flip", "light", "strong"):
+            raise ConfigError(f"augment must be none, flip, light or strong, got {self.augment!r}")
+        if self.task not in ("classification", "segmentation"):
+            raise ConfigError(f"task must be classification or segmentation, got {self.task!r}")
+        if self.image_size is not None and not 8 <= self.image_size <= 1024:
+            raise ConfigError(f"image_size must be between 8 and 1024, got {self.image_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def auto_epochs(n_train: int, batch_size: int, target_steps: int = 900, lo: int = 12, hi: int = 100) -> int:
+    """Epochs giving about `target_steps` optimiser steps, clamped: small sets get more epochs."""
+    steps = max(1, -(-n_train // batch_size))
+    return int(min(hi, max(lo, round(target_steps / steps))))

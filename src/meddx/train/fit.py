@@ -1,0 +1,342 @@
+"""Train a classifier into a RUN folder: data -> preprocessing -> tf.data -> Keras fit -> metrics.
+
+The RUN folder holds everything `evaluate`/`predict`/`report` need: `model.keras`,
+`run.json` (config, preprocessing, labels, threshold, data summary, validation metrics),
+`history.csv`, `training_curves.png`, `val_metrics.json` and `splits.csv`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from meddx import __version__
+from meddx.data.datasets import Dataset, describe, format_summary, load_dataset
+from meddx.data.prepare import materialise, probe_item
+from meddx.data.splits import assign_splits
+from meddx.errors import ConfigError, DataError
+from meddx.train.config import TrainConfig, auto_epochs
+from meddx.utils import atomic_path, atomic_write_json, atomic_write_text
+
+RUN_FILE = "run.json"
+MODEL_FILE = "model.keras"
+
+
+def configure_tensorflow(threads: int | None = None, seed: int | None = None) -> None:
+    """Quiet logs, thread pools sized for the machine, and seeds for reproducible runs."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tensorflow as tf
+
+    try:
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, os.cpu_count() or 1)))
+    except RuntimeError:
+        pass  # already initialised in this process
+    if seed is not None:
+        import keras
+
+        keras.utils.set_random_seed(seed)
+
+
+def default_intensity(ds: Dataset) -> str:
+    """8-bit arrays are scaled by 1/255 (MedMNIST); files are min-max normalised per image."""
+    if ds.kind == "npz" and ds.items and ds.items[0].dtype == np.uint8:
+        return "scale255"
+    return "minmax"
+
+
+def build_preprocessing(ds: Dataset, cfg: TrainConfig) -> Any:
+    """Preprocessing chosen from the data and the model's registry entry."""
+    from meddx.models.registry import model_spec
+    from meddx.transforms.preprocess import Preprocessing
+
+    ndim, channels, native = probe_item(ds)
+    spec = model_spec(cfg.model)
+    if ndim not in spec.dims:
+        raise ConfigError(f"model '{cfg.model}' has no {ndim}D variant; the data are {ndim}D ({ds.source})")
+    size = cfg.image_size or min(max(native), spec.default_size[ndim])
+    return Preprocessing(spatial_ndim=ndim, image_size=size, channels=cfg.channels or channels,
+                         intensity=cfg.intensity or default_intensity(ds))
+
+
+def encode_labels(ds: Dataset) -> np.ndarray:
+    """Targets as Keras expects them for logits: (N,1) float for binary, ints for multiclass."""
+    if ds.task == "binary":
+        return ds.labels.astype(np.float32).reshape(-1, 1)
+    if ds.task == "multilabel":
+        return ds.labels.astype(np.float32)
+    return ds.labels.astype(np.int32)
+
+
+def logits_to_probs(logits: np.ndarray, task: str) -> np.ndarray:
+    """(N, K) probabilities for every task (binary gives [1-p, p])."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if task == "binary":
+        p = 1.0 / (1.0 + np.exp(-logits.reshape(-1)))
+        return np.stack([1 - p, p], axis=1)
+    if task == "multilabel":
+        return 1.0 / (1.0 + np.exp(-logits))
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def validation_auc(y: np.ndarray, probs: np.ndarray, task: str) -> float:
+    from meddx.evaluate.classification import macro_auc_ovr, multilabel_auc, roc_auc
+
+    if task == "binary":
+        return float(roc_auc(y.reshape(-1), probs[:, 1]))
+    if task == "multilabel":
+        return float(multilabel_auc(y, probs))
+    return float(macro_auc_ovr(y.astype(int), probs))
+
+
+def class_weight_dict(y: np.ndarray, task: str) -> dict[int, float] | None:
+    """Balanced weights n / (k * n_c) for single-label tasks."""
+    if task == "multilabel":
+        return None
+    labels = y.reshape(-1).astype(int)
+    counts = np.bincount(labels)
+    k = int((counts > 0).sum())
+    return {c: float(len(labels) / (k * n)) for c, n in enumerate(counts) if n > 0}
+
+
+def _make_callbacks(run_dir: Path, x_val: np.ndarray, y_val: np.ndarray, task: str, patience: int,
+                    max_minutes: float | None, batch_size: int) -> list[Any]:
+    import keras
+
+    class ValidationScore(keras.callbacks.Callback):
+        """Adds val_auc, val_acc and val_score (AUC, ties broken by accuracy) to the epoch logs."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs if logs is not None else {}
+            logits = self.model.predict(x_val, batch_size=256, verbose=0)
+            probs = logits_to_probs(logits, task)
+            auc = validation_auc(y_val, probs, task)
+            if task == "multilabel":
+                acc = float(((probs >= 0.5) == (y_val > 0.5)).mean())
+            else:
+                acc = float((probs.argmax(axis=1) == y_val.reshape(-1).astype(int)).mean())
+            auc = 0.5 if math.isnan(auc) else auc
+            logs["val_auc"] = auc
+            logs["val_acc"] = acc
+            logs["val_score"] = auc + 0.01 * acc
+
+    class BestWeights(keras.callbacks.Callback):
+        """Keeps the best-scoring weights in memory and restores them when training ends."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.best = -np.inf
+            self.best_epoch = -1
+            self.weights: list[np.ndarray] | None = None
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            score = (logs or {}).get("val_score", -np.inf)
+            if score > self.best:
+                self.best, self.best_epoch, self.weights = score, epoch, self.model.get_weights()
+
+        def on_train_end(self, logs: dict | None = None) -> None:
+            if self.weights is not None:
+                self.model.set_weights(self.weights)
+
+    class TimeBudget(keras.callbacks.Callback):
+        """Stops training cleanly once the wall-clock budget is used up."""
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.start = time.monotonic()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if max_minutes and time.monotonic() - self.start > 60 * max_minutes:
+                print(f"meddx: time budget of {max_minutes} min reached after epoch {epoch + 1}; stopping",
+                      file=sys.stderr)
+                self.model.stop_training = True
+
+    best = BestWeights()
+    callbacks = [
+        ValidationScore(),
+        best,
+        keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / "best.keras"), monitor="val_score",
+                                        mode="max", save_best_only=True, verbose=0),
+        keras.callbacks.EarlyStopping(monitor="val_score", mode="max", patience=patience, verbose=0),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        TimeBudget(),
+    ]
+    return callbacks
+
+
+def make_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augmenter: Any | None) -> Any:
+    """Shuffled, batched, augmented, prefetched tf.data pipeline over in-memory arrays."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    if augmenter is not None:
+        aug = augmenter.as_tf_function()
+        ds = ds.map(lambda a, b: (aug(a), b), num_parallel_calls=1, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def check_run_dir(run_dir: Path, overwrite: bool) -> bool:
+    """True when resuming an interrupted run; refuses to clobber a finished one."""
+    if (run_dir / RUN_FILE).exists():
+        if not overwrite:
+            raise ConfigError(f"{run_dir}: already holds a trained model (run.json); use another --out or --overwrite")
+        for name in (RUN_FILE, MODEL_FILE, "history.csv", "val_metrics.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "backup", ignore_errors=True)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        return False
+    return (run_dir / "backup").is_dir()
+
+
+def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None = None, overwrite: bool = False,
+          log: Callable[[str], None] = print, verbose: int | str = "auto") -> dict[str, Any]:
+    """Train `cfg.model` on DATA into the RUN folder `out`; returns the run info (run.json)."""
+    cfg = cfg or TrainConfig()
+    run_dir = Path(out)
+    resuming = check_run_dir(run_dir, overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    configure_tensorflow(cfg.threads, cfg.seed)
+    import keras
+
+    from meddx.models.registry import build_model, model_spec
+    from meddx.transforms.augment import Augmenter
+
+    ds = data if isinstance(data, Dataset) else load_dataset(data)
+    if model_spec(cfg.model).is_segmentation:
+        raise ConfigError(f"model '{cfg.model}' is a segmentation network; use --task segmentation")
+    splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    summary = describe(ds, splits)
+    log(format_summary(summary))
+    tr, va = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
+    if len(va) == 0:
+        # npz with only a train split: carve a patient-free validation split from it
+        from meddx.data.splits import _holdout, _strata, _groups
+        va = np.sort(_holdout(_strata(ds), _groups(ds), tr, cfg.val_fraction, cfg.seed))
+        splits[va] = "val"
+        tr = np.setdiff1d(tr, va)
+        log(f"no validation split in the data: held out {len(va)} training cases for validation")
+    _check_both_classes(ds, tr, "train")
+    _check_both_classes(ds, va, "val")
+
+    prep = build_preprocessing(ds, cfg)
+    log(f"preprocessing: {prep.spatial_ndim}D, size {tuple(prep.output_shape[:-1])}, "
+        f"{prep.output_shape[-1]} channel(s), intensity {prep.intensity}")
+    x_all = materialise(ds.subset(np.concatenate([tr, va])), prep)
+    x_tr, x_va = x_all[: len(tr)], x_all[len(tr):]
+    y_all = encode_labels(ds)
+    y_tr, y_va = y_all[tr], y_all[va]
+
+    epochs = cfg.epochs or auto_epochs(len(tr), cfg.batch_size)
+    steps = max(1, math.ceil(len(tr) / cfg.batch_size))
+    model = build_model(cfg.model, prep.output_shape, ds.n_classes, task=ds.task, dropout=cfg.dropout)
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=epochs * steps, alpha=0.01)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    if ds.task == "multiclass":
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    else:
+        loss = keras.losses.BinaryCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=cfg.jit_compile)
+
+    augmenter = None if cfg.augment == "none" else Augmenter.from_preset(cfg.augment, prep.spatial_ndim, seed=cfg.seed)
+    train_ds = make_tf_dataset(x_tr, y_tr, cfg.batch_size, cfg.seed, augmenter)
+    cw = class_weight_dict(y_tr, ds.task) if cfg.class_weights else None
+    log(f"training {cfg.model} for up to {epochs} epochs ({len(tr)} train / {len(va)} val cases, "
+        f"batch {cfg.batch_size}, {'resuming' if resuming else 'new run'}) -> {run_dir}")
+    callbacks = _make_callbacks(run_dir, x_va, y_va, ds.task, cfg.patience, cfg.max_minutes, cfg.batch_size)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    t0 = time.monotonic()
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    model.fit(train_ds, epochs=epochs, callbacks=callbacks, class_weight=cw, verbose=verbose)
+    train_seconds = time.monotonic() - t0
+    best = callbacks[1]
+
+    # Operating point and validation metrics from the selected (best) weights.
+    from meddx.evaluate.classification import classification_metrics, youden_threshold
+
+    val_probs = logits_to_probs(model.predict(x_va, batch_size=256, verbose=0), ds.task)
+    y_va_int = ds.labels[va]
+    threshold = float(youden_threshold(y_va_int, val_probs[:, 1])) if ds.task == "binary" else None
+    groups = ds.patient_ids[va] if ds.patient_ids is not None else None
+    val_metrics = classification_metrics(y_va_int, val_probs, ds.class_names, task=ds.task,
+                                         threshold=threshold if threshold is not None else 0.5,
+                                         groups=groups, seed=cfg.seed)
+    info: dict[str, Any] = {
+        "meddx_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kind": "classifier",
+        "model": cfg.model,
+        "task": ds.task,
+        "class_names": ds.class_names,
+        "positive_class": ds.class_names[1] if ds.task == "binary" else None,
+        "threshold": threshold,
+        "input_shape": list(prep.output_shape),
+        "spatial_ndim": prep.spatial_ndim,
+        "preprocessing": prep.get_config(),
+        "config": {**cfg.to_dict(), "epochs": epochs},
+        "epochs_run": len(_read_history(run_dir / "history.csv")),
+        "best_epoch": int(best.best_epoch) + 1,
+        "training_seconds": round(train_seconds, 1),
+        "data": {"source": str(ds.source), "kind": ds.kind, "summary": summary},
+        "val_metrics": val_metrics,
+    }
+    _write_splits(run_dir / "splits.csv", ds, splits)
+    atomic_write_json(run_dir / "val_metrics.json", val_metrics)
+    with atomic_path(run_dir / MODEL_FILE) as tmp:
+        model.save(tmp)
+    try:
+        from meddx.evaluate.plots import plot_training_curves
+
+        plot_training_curves(run_dir / "history.csv", run_dir / "training_curves.png",
+                             title=f"{cfg.model} on {Path(str(ds.source)).name}")
+    except Exception as exc:  # a plot must never lose a trained model
+        log(f"warning: could not plot training curves: {exc}")
+    atomic_write_json(run_dir / RUN_FILE, info)  # last: its presence marks a complete RUN
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    auc = val_metrics.get("auc")
+    log(f"done in {train_seconds / 60:.1f} min (best epoch {info['best_epoch']}/{info['epochs_run']}): "
+        f"validation AUC {auc if auc is None else round(auc, 4)} "
+        f"{val_metrics.get('auc_ci')}, accuracy {val_metrics.get('accuracy'):.4f}")
+    return info
+
+
+def _check_both_classes(ds: Dataset, idx: np.ndarray, name: str) -> None:
+    if ds.task == "multilabel" or len(idx) == 0:
+        return
+    present = np.unique(ds.labels[idx])
+    if len(present) < 2:
+        raise DataError(f"the {name} split holds only class {ds.class_names[int(present[0])]!r}; "
+                        f"need at least two classes", ds.source)
+
+
+def _read_history(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write_splits(path: Path, ds: Dataset, splits: np.ndarray) -> None:
+    """Which case went to which split (item names only; no patient identifiers beyond the manifest's own)."""
+    names = ds.item_names()
+    lines = ["item,label,split" + (",patient_id" if ds.patient_ids is not None else "")]
+    for i, (n, s) in enumerate(zip(names, splits)):
+        label = ds.class_names[int(ds.labels[i])] if ds.task != "multilabel" else "|".join(
+            c for c, v in zip(ds.class_names, ds.labels[i]) if v)
+        row = [n, label, s] + ([str(ds.patient_ids[i])] if ds.patient_ids is not None else [])
+        lines.append(",".join('"' + c.replace('"', '""') + '"' if "," in c else c for c in row))
+    atomic_write_text(path, "\n".join(lines) + "\n")
