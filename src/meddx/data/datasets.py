@@ -214,7 +214,7 @@ def load_class_folders(root: str | Path) -> Dataset:
     names = [d.name for d in class_dirs]
     return Dataset(items=items, labels=np.asarray(labels, dtype=int), class_names=names,
                    task="binary" if len(names) == 2 else "multiclass", source=str(root), kind="folder",
-                   splits=np.full(len(items), "", dtype=object).astype(str))
+                   splits=np.full(len(items), "", dtype=object).astype("<U8"))
 
 
 # -- CSV manifest --------------------------------------------------------------------
@@ -276,7 +276,7 @@ def load_manifest(path: str | Path, class_names: Sequence[str] | None = None) ->
     return Dataset(items=items, labels=labels, class_names=list(class_names),
                    task="binary" if len(class_names) == 2 else "multiclass", source=str(path), kind="manifest",
                    patient_ids=np.asarray(patients, dtype=str) if has_patients else None,
-                   splits=np.asarray(splits, dtype=object).astype(str),
+                   splits=np.asarray(splits, dtype=object).astype("<U8"),
                    masks=masks if any(masks) else None)
 
 

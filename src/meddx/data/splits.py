@@ -52,7 +52,7 @@ def assign_splits(ds: Dataset, val_fraction: float = 0.15, test_fraction: float 
     stratified, patient-grouped train/val/test splits.
     """
     n = len(ds)
-    out = np.asarray(ds.splits if ds.splits is not None else np.full(n, ""), dtype=object).astype(str).copy()
+    out = np.asarray(ds.splits if ds.splits is not None else np.full(n, ""), dtype=object).astype("<U8")
     if ds.kind == "npz":
         return out
     strata, groups = _strata(ds), _groups(ds)

@@ -33,7 +33,7 @@ def conv_bn_relu(x: Any, filters: int, dims: int, name: str, kernel: int = 3, st
 
     x = nd("Conv", dims)(filters, kernel, strides=strides, padding="same", use_bias=False,
                          kernel_initializer="he_normal", name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     return layers.ReLU(name=relu_name or f"{name}_relu")(x)
 
 

@@ -14,7 +14,7 @@ from meddx.models.registry import register
 def _bn_relu_conv(x: Any, filters: int, kernel: int, dims: int, name: str) -> Any:
     from keras import layers
 
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     x = layers.ReLU(name=f"{name}_relu")(x)
     return nd("Conv", dims)(filters, kernel, padding="same", use_bias=False, kernel_initializer="he_normal",
                             name=f"{name}_conv")(x)
@@ -51,7 +51,7 @@ def build_densenet121(input_shape: tuple[int | None, ...], units: int, dims: int
     else:
         x = nd("Conv", dims)(2 * growth, 7, strides=2, padding="same", use_bias=False,
                              kernel_initializer="he_normal", name="stem_conv")(inputs)
-        x = layers.BatchNormalization(name="stem_bn")(x)
+        x = layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
         x = layers.ReLU(name="stem_relu")(x)
         x = nd("MaxPooling", dims)(3, strides=2, padding="same", name="stem_pool")(x)
     for i, n in enumerate(blocks, start=1):
@@ -59,7 +59,7 @@ def build_densenet121(input_shape: tuple[int | None, ...], units: int, dims: int
             x = dense_layer(x, growth, dims, name=f"dense{i}_layer{j}")
         if i < len(blocks):
             x = transition(x, dims, name=f"transition{i}")
-    x = layers.BatchNormalization(name="final_bn")(x)
+    x = layers.BatchNormalization(momentum=0.9, name="final_bn")(x)
     x = layers.ReLU(name="final_relu")(x)
     x = mark_features(x)
     return finish(inputs, classification_head(x, units, dims, dropout), name=f"densenet121_{dims}d")

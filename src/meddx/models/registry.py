@@ -213,4 +213,6 @@ def load_model(path: Any) -> Any:
 
     from meddx.models import custom_layers  # noqa: F401  (registers meddx>... layers)
 
+    _ensure_loaded()  # sequence models define their own serialisable layers
+
     return keras.models.load_model(path, safe_mode=True)

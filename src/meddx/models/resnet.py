@@ -21,7 +21,7 @@ def _shortcut(x: Any, filters: int, stride: int, dims: int, name: str) -> Any:
         return x
     x = nd("Conv", dims)(filters, 1, strides=stride, use_bias=False, kernel_initializer="he_normal",
                          name=f"{name}_proj_conv")(x)
-    return layers.BatchNormalization(name=f"{name}_proj_bn")(x)
+    return layers.BatchNormalization(momentum=0.9, name=f"{name}_proj_bn")(x)
 
 
 def basic_block(x: Any, filters: int, stride: int, dims: int, name: str) -> Any:
@@ -32,7 +32,7 @@ def basic_block(x: Any, filters: int, stride: int, dims: int, name: str) -> Any:
     y = conv_bn_relu(x, filters, dims, name=f"{name}_1", strides=stride)
     y = nd("Conv", dims)(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
                          name=f"{name}_2_conv")(y)
-    y = layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}_2_bn")(y)
+    y = layers.BatchNormalization(momentum=0.9, gamma_initializer="zeros", name=f"{name}_2_bn")(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
 
@@ -46,7 +46,7 @@ def bottleneck_block(x: Any, filters: int, stride: int, dims: int, name: str, ex
     y = conv_bn_relu(y, filters, dims, name=f"{name}_2", strides=stride)
     y = nd("Conv", dims)(filters * expansion, 1, use_bias=False, kernel_initializer="he_normal",
                          name=f"{name}_3_conv")(y)
-    y = layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}_3_bn")(y)
+    y = layers.BatchNormalization(momentum=0.9, gamma_initializer="zeros", name=f"{name}_3_bn")(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
 

@@ -203,7 +203,8 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> bool:
 
 
 def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None = None, overwrite: bool = False,
-          log: Callable[[str], None] = print, verbose: int | str = "auto") -> dict[str, Any]:
+          log: Callable[[str], None] = print, verbose: int | str = "auto",
+          extra_callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Train `cfg.model` on DATA into the RUN folder `out`; returns the run info (run.json)."""
     cfg = cfg or TrainConfig()
     run_dir = Path(out)
@@ -257,11 +258,12 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     log(f"training {cfg.model} for up to {epochs} epochs ({len(tr)} train / {len(va)} val cases, "
         f"batch {cfg.batch_size}, {'resuming' if resuming else 'new run'}) -> {run_dir}")
     callbacks = _make_callbacks(run_dir, x_va, y_va, ds.task, cfg.patience, cfg.max_minutes, cfg.batch_size)
+    callbacks += list(extra_callbacks or [])
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     t0 = time.monotonic()
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    model.fit(train_ds, epochs=epochs, callbacks=callbacks, class_weight=cw, verbose=verbose)
+    model.fit(train_ds, epochs=epochs, callbacks=callbacks, class_weight=cw, verbose=verbose, shuffle=False)
     train_seconds = time.monotonic() - t0
     best = callbacks[1]
 
