@@ -1,0 +1,660 @@
+"""Train, evaluate and apply a U-Net segmenter; the RUN folder mirrors the classifier's.
+
+2D data (slices) are resized to the training size and predictions resized back to the input's
+geometry. 3D volumes are normalised at native resolution, trained on random patches (half of
+them centred on foreground) and predicted with `sliding_window_predict`. Loss: soft Dice +
+binary cross-entropy on logits; AdamW + cosine decay; model selection on validation Dice.
+RUN folder: model.keras, run.json (kind "segmenter", written last), history.csv,
+training_curves.png, splits.csv, val_metrics.json.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from meddx import __version__
+from meddx.data.datasets import Dataset, describe, format_summary
+from meddx.errors import ConfigError, DataError, InputError
+from meddx.train.config import TrainConfig, auto_epochs
+from meddx.utils import atomic_path, atomic_write_json
+
+Log = Callable[[str], None]
+RUN_FILE = "run.json"
+MODEL_FILE = "model.keras"
+SEG_CLASS_NAMES = ["background", "lesion"]
+
+
+# -- data ------------------------------------------------------------------------------
+
+def load_segmentation_dataset(data: str | Path | Dataset) -> Dataset:
+    """DATA for segmentation: a Dataset, a manifest with a `mask` column, or a paired folder."""
+    if isinstance(data, Dataset):
+        ds = data
+    else:
+        from meddx.data.datasets import load_dataset
+        from meddx.data.lgg import is_paired_folder, paired_folder_dataset
+
+        p = Path(data)
+        if not p.exists():
+            raise InputError("no such file or folder", p)
+        ds = paired_folder_dataset(p) if is_paired_folder(p) else load_dataset(p)
+    if ds.masks is None or not any(m is not None for m in ds.masks):
+        raise DataError("segmentation needs masks: a manifest `mask` column or image/<name>_mask pairs", ds.source)
+    if ds.kind == "npz":
+        raise DataError("segmentation from .npz is not supported; use a manifest with a mask column", ds.source)
+    return ds
+
+
+def _read_pair(image_path: str, mask_path: str | None, prep: Any, native: bool) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(normalised image, binary mask in the image's geometry, Image) for one case."""
+    from meddx.io import read_image
+
+    img = read_image(image_path)
+    spatial = tuple(int(s) for s in img.spatial_shape)
+    if mask_path is None:
+        truth = np.zeros(spatial, dtype=bool)
+    else:
+        m = np.asarray(read_image(mask_path).array)
+        if m.ndim > len(spatial):
+            m = m.max(axis=-1)
+        if m.shape != spatial:
+            raise InputError(f"mask shape {m.shape} differs from its image's {spatial}", mask_path)
+        truth = m > 0
+    x = _native_prep(prep, spatial)(img) if native else prep(img)
+    return x, truth, img
+
+
+def _native_prep(prep: Any, spatial: Sequence[int]) -> Any:
+    """The run's preprocessing without resizing (3D volumes keep their native grid)."""
+    from meddx.transforms.preprocess import Preprocessing
+
+    cfg = dict(prep.get_config())
+    cfg.update(image_size=list(spatial), spacing=None, crop=None, fit="stretch")
+    return Preprocessing.from_config(cfg)
+
+
+def _spacing_of(img: Any) -> tuple[float, ...] | None:
+    """Physical spacing when the file carries geometry (plain PNG/TIFF pixels are unitless)."""
+    known = img.has_geometry or any(s != 1.0 for s in img.spacing[: img.spatial_ndim])
+    return tuple(float(s) for s in img.spacing[: img.spatial_ndim]) if known else None
+
+
+def _resize(arr: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+    from skimage.transform import resize
+
+    if tuple(arr.shape) == tuple(shape):
+        return arr
+    return resize(arr, tuple(shape), order=order, anti_aliasing=False, preserve_range=True)
+
+
+# -- model pieces ----------------------------------------------------------------------
+
+def dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
+    """Soft Dice (per sample, smoothed) + binary cross-entropy, from logits."""
+    from keras import ops
+
+    y_true = ops.cast(y_true, "float32")
+    bce = ops.mean(ops.binary_crossentropy(y_true, y_pred, from_logits=True))
+    p = ops.sigmoid(y_pred)
+    axes = tuple(range(1, len(y_pred.shape)))
+    inter = ops.sum(p * y_true, axis=axes)
+    denom = ops.sum(p + y_true, axis=axes)
+    dice = (2.0 * inter + 1.0) / (denom + 1.0)
+    return bce + (1.0 - ops.mean(dice))
+
+
+def sliding_window_predict(model: Any, volume: np.ndarray, patch: Sequence[int], overlap: float = 0.5,
+                           batch_size: int = 4) -> np.ndarray:
+    """Logits over a (*spatial, C) array by averaging overlapping `patch`-sized windows.
+
+    Inputs smaller than the patch are padded (edge values) and the result cropped back.
+    Returns (*spatial, units) float32.
+    """
+    vol = np.asarray(volume, dtype=np.float32)
+    n = len(patch)
+    spatial = vol.shape[:n]
+    if not 0 <= overlap < 1:
+        raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
+    pad = [max(0, p - s) for p, s in zip(patch, spatial)]
+    if any(pad):
+        vol = np.pad(vol, [(0, q) for q in pad] + [(0, 0)] * (vol.ndim - n), mode="edge")
+    shape = vol.shape[:n]
+    starts = []
+    for s, p in zip(shape, patch):
+        stride = max(1, int(round(p * (1 - overlap))))
+        pos = list(range(0, s - p + 1, stride))
+        if pos[-1] != s - p:
+            pos.append(s - p)
+        starts.append(pos)
+    corners = list(itertools.product(*starts))
+    acc: np.ndarray | None = None
+    weight = np.zeros(shape, dtype=np.float32)
+    for b in range(0, len(corners), batch_size):
+        chunk = corners[b: b + batch_size]
+        x = np.stack([vol[tuple(slice(c, c + p) for c, p in zip(cs, patch))] for cs in chunk])
+        y = np.asarray(model.predict(x, verbose=0) if hasattr(model, "predict") else model(x), dtype=np.float32)
+        if acc is None:
+            acc = np.zeros((*shape, y.shape[-1]), dtype=np.float32)
+        for cs, yi in zip(chunk, y):
+            sl = tuple(slice(c, c + p) for c, p in zip(cs, patch))
+            acc[sl] += yi
+            weight[sl] += 1.0
+    assert acc is not None
+    out = acc / weight[..., None]
+    return out[tuple(slice(0, s) for s in spatial)]
+
+
+def postprocess_mask(mask: np.ndarray, min_size: int = 0, keep_largest: int | None = None) -> np.ndarray:
+    """Drop connected components smaller than `min_size` voxels; optionally keep the largest k."""
+    from scipy import ndimage
+
+    m = np.asarray(mask, dtype=bool)
+    if not m.any() or (min_size <= 1 and keep_largest is None):
+        return m
+    structure = ndimage.generate_binary_structure(m.ndim, m.ndim)
+    lab, k = ndimage.label(m, structure=structure)
+    sizes = np.bincount(lab.ravel(), minlength=k + 1)
+    sizes[0] = 0
+    keep = sizes >= max(1, min_size)
+    if keep_largest is not None:
+        order = np.argsort(-sizes)
+        largest = np.zeros_like(keep)
+        largest[order[: int(keep_largest)]] = True
+        keep &= largest
+    keep[0] = False
+    return keep[lab]
+
+
+def _dice_np(p: np.ndarray, t: np.ndarray) -> float:
+    s = p.sum() + t.sum()
+    return 1.0 if s == 0 else float(2.0 * np.logical_and(p, t).sum() / s)
+
+
+# -- training --------------------------------------------------------------------------
+
+def _flip_axes(augment: str, ndim: int) -> list[int]:
+    """Spatial axes (of one sample) flipped at random: 'flip' = left-right only; light/strong = all."""
+    if augment == "none":
+        return []
+    if augment == "flip":
+        return [ndim - 1]
+    return list(range(ndim))
+
+
+def _tf_dataset_2d(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, axes: list[int]) -> Any:
+    """Shuffled batches with the same random flips applied to image and mask."""
+    import tensorflow as tf
+
+    c = x.shape[-1]
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+
+    def aug(a: Any, b: Any) -> Any:
+        ab = tf.concat([a, b], axis=-1)
+        for ax in axes:
+            flip = tf.random.uniform(()) < 0.5
+            ab = tf.cond(flip, lambda t=ab, k=ax: tf.reverse(t, [k]), lambda t=ab: t)
+        return ab[..., :c], ab[..., c:]
+
+    if axes:
+        ds = ds.map(aug, num_parallel_calls=1, deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _patch_sequence(vols: list[np.ndarray], masks: list[np.ndarray], patch: tuple[int, ...], batch_size: int,
+                    steps: int, seed: int, axes: list[int]) -> Any:
+    """keras PyDataset of random 3D patches (half centred on a foreground voxel), flipped jointly."""
+    import keras
+
+    class Patches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.fg = [np.argwhere(m) for m in masks]
+
+        def __len__(self) -> int:
+            return steps
+
+        def _one(self) -> tuple[np.ndarray, np.ndarray]:
+            i = int(self.rng.integers(len(vols)))
+            v, m = vols[i], masks[i]
+            pad = [max(0, p - s) for p, s in zip(patch, m.shape)]
+            if any(pad):
+                v = np.pad(v, [(0, q) for q in pad] + [(0, 0)], mode="edge")
+                m = np.pad(m, [(0, q) for q in pad])
+            if len(self.fg[i]) and self.rng.random() < 0.5:
+                centre = self.fg[i][int(self.rng.integers(len(self.fg[i])))]
+                start = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, patch, m.shape)]
+            else:
+                start = [int(self.rng.integers(0, s - p + 1)) for p, s in zip(patch, m.shape)]
+            sl = tuple(slice(a, a + p) for a, p in zip(start, patch))
+            xv, mv = v[sl], m[sl]
+            for ax in axes:
+                if self.rng.random() < 0.5:
+                    xv, mv = np.flip(xv, ax), np.flip(mv, ax)
+            return xv, mv[..., None].astype(np.float32)
+
+        def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+            pairs = [self._one() for _ in range(batch_size)]
+            return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    return Patches()
+
+
+def _check_run_dir(run_dir: Path, overwrite: bool) -> bool:
+    from meddx.train.fit import check_run_dir
+
+    resuming = check_run_dir(run_dir, overwrite)
+    if not resuming and overwrite:
+        (run_dir / "metrics_val.json").unlink(missing_ok=True)
+    return resuming
+
+
+def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None = None,
+                    overwrite: bool = False, log: Log = print, base_filters: int = 16, depth: int = 4,
+                    verbose: int | str = "auto") -> dict[str, Any]:
+    """Train a U-Net on image/mask pairs into the RUN folder `out`; returns run.json's content."""
+    cfg = cfg or TrainConfig(task="segmentation")
+    model_name = "unet" if cfg.model in ("cnn", "unet") else cfg.model
+    from meddx.models.registry import model_spec
+
+    if not model_spec(model_name).is_segmentation:
+        raise ConfigError(f"model '{cfg.model}' is a classifier; --task segmentation needs a segmentation model (unet)")
+    run_dir = Path(out)
+    resuming = _check_run_dir(run_dir, overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from meddx.train.fit import _read_history, _write_splits, configure_tensorflow
+
+    configure_tensorflow(cfg.threads, cfg.seed)
+    import keras
+
+    from meddx.data.prepare import materialise, probe_item
+    from meddx.data.splits import assign_splits
+    from meddx.models.registry import build_model
+    from meddx.transforms.preprocess import Preprocessing
+
+    ds = load_segmentation_dataset(data)
+    splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    summary = describe(ds, splits)
+    log(format_summary(summary))
+    tr, va = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
+    if len(tr) == 0 or len(va) == 0:
+        raise DataError(f"need train and val cases; got {len(tr)} train / {len(va)} val", ds.source)
+    missing = sum(ds.masks[i] is None for i in range(len(ds)))  # type: ignore[index]
+    if missing:
+        log(f"note: {missing} case(s) without a mask are treated as all background")
+
+    ndim, channels, native = probe_item(ds)
+    spec = model_spec(model_name)
+    size = int(cfg.image_size or min(max(native), spec.default_size[ndim]))
+    size -= size % 2 ** depth if size >= 2 ** depth else 0
+    size = max(size, 2 ** depth)
+    intensity = cfg.intensity or "minmax"
+    prep = Preprocessing(spatial_ndim=ndim, image_size=size, channels=cfg.channels or channels, intensity=intensity)
+    patch = tuple([size] * ndim)
+    batch = cfg.batch_size if ndim == 2 else max(1, min(cfg.batch_size, 2))
+    axes = _flip_axes(cfg.augment, ndim)
+    log(f"preprocessing: {ndim}D, {'size' if ndim == 2 else 'patch'} {patch}, {prep.channels} channel(s), "
+        f"intensity {intensity}")
+
+    masks_of = ds.masks  # type: ignore[assignment]
+    if ndim == 2:
+        x_tr = materialise(ds.subset(tr), prep)
+        x_va = materialise(ds.subset(va), prep)
+        y_tr = _masks_at(ds.subset(tr), patch)
+        y_va = _masks_at(ds.subset(va), patch)
+        steps = max(1, math.ceil(len(tr) / batch))
+        train_data = _tf_dataset_2d(x_tr, y_tr[..., None].astype(np.float32), batch, cfg.seed, axes)
+        val_pairs = None
+    else:
+        tr_pairs = [_read_pair(ds.items[i], masks_of[i], prep, native=True)[:2] for i in tr]
+        val_pairs = [_read_pair(ds.items[i], masks_of[i], prep, native=True)[:2] for i in va]
+        n_vox = sum(int(np.prod(v.shape[:3])) for v, _ in tr_pairs)
+        steps = max(4, math.ceil(n_vox / (np.prod(patch) * batch)))
+        train_data = _patch_sequence([v for v, _ in tr_pairs], [m for _, m in tr_pairs], patch, batch, steps,
+                                     cfg.seed, axes)
+        x_va = y_va = None
+    epochs = cfg.epochs or auto_epochs(len(tr), batch, target_steps=600, lo=10, hi=80)
+
+    model = build_model(model_name, (*patch, prep.channels), 2, task="binary", base_filters=base_filters,
+                        depth=depth, dropout=min(cfg.dropout, 0.2))
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=epochs * steps, alpha=0.01)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    model.compile(optimizer=optimizer, loss=dice_bce_loss, jit_compile=cfg.jit_compile)
+
+    def val_dice() -> tuple[float, float]:
+        """(mean per-case Dice over all val cases, mean over lesion-containing cases)."""
+        if ndim == 2:
+            logits = model.predict(x_va, batch_size=32, verbose=0)[..., 0]
+            preds, truths = logits > 0, y_va > 0
+        else:
+            preds = [sliding_window_predict(model, v, patch)[..., 0] > 0 for v, _ in val_pairs]  # type: ignore[union-attr]
+            truths = [m for _, m in val_pairs]  # type: ignore[union-attr]
+        d = [_dice_np(p, t) for p, t in zip(preds, truths)]
+        les = [di for di, t in zip(d, truths) if t.any()]
+        return float(np.mean(d)), float(np.mean(les)) if les else float("nan")
+
+    best_file = run_dir / "checkpoints" / "best.weights.h5"
+
+    class ValDice(keras.callbacks.Callback):
+        """val_dice (all cases; the selection score) and val_dice_lesion; keeps the best weights."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.best, self.best_epoch = -np.inf, -1
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            hist = _read_history(run_dir / "history.csv")
+            for row in hist:  # resuming: remember the best so far
+                v = float(row.get("val_dice", "nan") or "nan")
+                if np.isfinite(v) and v > self.best:
+                    self.best, self.best_epoch = v, int(row["epoch"])
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs if logs is not None else {}
+            d_all, d_les = val_dice()
+            logs["val_dice"] = d_all
+            logs["val_dice_lesion"] = d_les
+            if d_all > self.best:
+                self.best, self.best_epoch = d_all, epoch
+                self.model.save_weights(str(best_file))
+
+        def on_train_end(self, logs: dict | None = None) -> None:
+            if best_file.is_file():
+                self.model.load_weights(str(best_file))
+
+    class TimeBudget(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.start = time.monotonic()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if cfg.max_minutes and time.monotonic() - self.start > 60 * cfg.max_minutes:
+                log(f"time budget of {cfg.max_minutes} min reached after epoch {epoch + 1}; stopping")
+                self.model.stop_training = True
+
+    best = ValDice()
+    callbacks = [
+        best,
+        keras.callbacks.EarlyStopping(monitor="val_dice", mode="max", patience=cfg.patience, verbose=0),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        TimeBudget(),
+    ]
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    log(f"training {model_name} ({ndim}D, base {base_filters}, depth {depth}) for up to {epochs} epochs "
+        f"({len(tr)} train / {len(va)} val cases, batch {batch}, {'resuming' if resuming else 'new run'}) -> {run_dir}")
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    t0 = time.monotonic()
+    model.fit(train_data, epochs=epochs, steps_per_epoch=steps if ndim == 3 else None, callbacks=callbacks,
+              verbose=verbose)
+    train_seconds = time.monotonic() - t0
+
+    # A clean copy (no custom loss / optimizer state) is what the RUN keeps: it loads with safe_mode.
+    final = build_model(model_name, (*patch, prep.channels), 2, task="binary", base_filters=base_filters,
+                        depth=depth, dropout=min(cfg.dropout, 0.2))
+    final.set_weights(model.get_weights())
+    d_all, d_les = val_dice()
+    info: dict[str, Any] = {
+        "meddx_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kind": "segmenter",
+        "model": model_name,
+        "model_options": {"base_filters": base_filters, "depth": depth},
+        "task": "segmentation",
+        "class_names": list(SEG_CLASS_NAMES),
+        "positive_class": "lesion",
+        "threshold": 0.5,
+        "input_shape": [*patch, prep.channels],
+        "spatial_ndim": ndim,
+        "patch": list(patch) if ndim == 3 else None,
+        "inference": "resize" if ndim == 2 else "sliding_window",
+        "overlap": 0.5,
+        "postprocess": {"min_size": 0 if ndim == 3 else 10, "keep_largest": None},
+        "preprocessing": prep.get_config(),
+        "config": {**cfg.to_dict(), "model": model_name, "task": "segmentation", "epochs": epochs,
+                   "batch_size": batch},
+        "epochs_run": len(_read_history(run_dir / "history.csv")),
+        "best_epoch": int(best.best_epoch) + 1,
+        "training_seconds": round(train_seconds, 1),
+        "data": {"source": str(ds.source), "kind": ds.kind, "summary": summary},
+        "val_metrics": {"dice": d_all, "dice_lesion": None if math.isnan(d_les) else d_les, "n": int(len(va)),
+                        "resolution": "model input" if ndim == 2 else "native"},
+    }
+    _write_splits(run_dir / "splits.csv", ds, splits)
+    atomic_write_json(run_dir / "val_metrics.json", info["val_metrics"])
+    with atomic_path(run_dir / MODEL_FILE) as tmp:
+        final.save(tmp)
+    try:
+        from meddx.evaluate.plots import plot_training_curves
+
+        plot_training_curves(run_dir / "history.csv", run_dir / "training_curves.png",
+                             title=f"{model_name} segmentation on {Path(str(ds.source)).name}")
+    except Exception as exc:  # a plot must never lose a trained model
+        log(f"warning: could not plot training curves: {exc}")
+    atomic_write_json(run_dir / RUN_FILE, info)  # last: its presence marks a complete RUN
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    log(f"done in {train_seconds / 60:.1f} min (best epoch {info['best_epoch']}/{info['epochs_run']}): "
+        f"validation Dice {d_all:.4f} (lesion cases {d_les:.4f})")
+    return info
+
+
+def _masks_at(ds: Dataset, size: tuple[int, ...]) -> np.ndarray:
+    from meddx.data.prepare import load_masks
+
+    m = load_masks(ds, size)
+    return np.zeros((len(ds), *size), np.uint8) if m is None else m
+
+
+# -- inference -------------------------------------------------------------------------
+
+def segment_array(run: Any, x: np.ndarray, native_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(probability, binary mask) in `native_shape` for one preprocessed case `x`."""
+    info = run.info
+    n = int(info["spatial_ndim"])
+    if info.get("inference") == "sliding_window":
+        logits = sliding_window_predict(run.model, x, info["patch"], info.get("overlap", 0.5))[..., 0]
+        prob = 1.0 / (1.0 + np.exp(-logits))
+    else:
+        logits = np.asarray(run.model.predict(x[None], verbose=0))[0, ..., 0]
+        prob = _resize(1.0 / (1.0 + np.exp(-logits)), native_shape, order=1)
+    assert prob.ndim == n
+    return _finish(run, prob)
+
+
+def _finish(run: Any, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pp = run.info.get("postprocess") or {}
+    mask = prob >= float(run.info.get("threshold") or 0.5)
+    mask = postprocess_mask(mask, int(pp.get("min_size") or 0), pp.get("keep_largest"))
+    return prob.astype(np.float32), mask
+
+
+def _predict_case(run: Any, image_path: str, mask_path: str | None) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray]:
+    """(prob, pred mask, Image, truth) for a dataset case, in the image's geometry."""
+    native = run.info.get("inference") == "sliding_window"
+    x, truth, img = _read_pair(image_path, mask_path, run.preprocessing, native=native)
+    prob, pred = segment_array(run, x, truth.shape)
+    return prob, pred, img, truth
+
+
+def predict_segmentation(run: Any, path: str | Path) -> dict[str, Any]:
+    """Mask (in the input's geometry) and lesions (mm / mL when the spacing is known) for one input.
+
+    A volume given to a 2D model is segmented slice by slice.
+    """
+    from meddx.explain.lesions import mask_to_lesions
+    from meddx.io import read_image
+
+    img = read_image(path)
+    if img.is_sequence:
+        raise InputError("is a sequence (video / 4D series); a segmenter needs an image or a volume", path)
+    n = int(run.info["spatial_ndim"])
+    spatial = tuple(int(s) for s in img.spatial_shape)
+    prep = run.preprocessing
+    if img.spatial_ndim == n:
+        x = _native_prep(prep, spatial)(img) if run.info.get("inference") == "sliding_window" else prep(img)
+        prob, mask = segment_array(run, x, spatial)
+    elif img.spatial_ndim == 3 and n == 2:
+        probs = []
+        for k in range(spatial[0]):
+            xk = prep.batch([img.array[k]], progress=False)[0]
+            logits = np.asarray(run.model.predict(xk[None], verbose=0))[0, ..., 0]
+            probs.append(_resize(1.0 / (1.0 + np.exp(-logits)), spatial[1:], order=1))
+        prob, mask = _finish(run, np.stack(probs))
+    else:
+        raise InputError(f"is a {img.spatial_ndim}D image; this segmenter is {n}D", path)
+    spacing = _spacing_of(img)
+    lesions = mask_to_lesions(mask, spacing=spacing)
+    voxel = float(np.prod(spacing)) if spacing else None
+    return {
+        "source": str(path), "image": img, "mask": mask, "probability": prob, "lesions": lesions,
+        "n_lesions": len(lesions), "n_voxels": int(mask.sum()), "spacing": spacing,
+        "volume_ml": None if voxel is None else float(mask.sum() * voxel / 1000.0),
+        "units": "mm" if spacing else "px",
+    }
+
+
+def predict_segmentations(run: Any, files: Sequence[Path], out: str | Path, log: Log = print) -> Path:
+    """predictions.csv (+ masks/<stem>_mask.npy, overlay PNG, lesions.csv) for several inputs."""
+    from meddx.workflows import _safe_stem, _write_csv
+
+    out = Path(out)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    rows, lesion_rows = [], []
+    for i, f in enumerate(files):
+        r = predict_segmentation(run, f)
+        stem = f"{i + 1:03d}_{_safe_stem(Path(f))}"
+        mask_file = out / "masks" / f"{stem}_mask.npy"
+        with atomic_path(mask_file) as tmp:
+            np.save(tmp, r["mask"].astype(np.uint8))
+        png = out / "masks" / f"{stem}_overlay.png"
+        _save_panel([(_display(r["image"]), None, r["mask"], Path(str(f)).name)], png)
+        rows.append({"input": str(f), "predicted": "lesion" if r["n_lesions"] else "normal",
+                     "n_lesions": r["n_lesions"], "n_voxels": r["n_voxels"], "volume_ml": r["volume_ml"],
+                     "units": r["units"], "mask": str(mask_file), "overlay": str(png)})
+        for les in r["lesions"]:
+            lesion_rows.append({"input": str(f), **{k: v for k, v in les.items() if k != "mask"}})
+        log(f"{f}: {r['n_lesions']} lesion(s), {r['n_voxels']} voxels")
+    _write_csv(out / "predictions.csv", rows)
+    _write_csv(out / "lesions.csv", lesion_rows, empty_header=["input", "id"])
+    log(f"wrote {out / 'predictions.csv'}")
+    return out / "predictions.csv"
+
+
+# -- evaluation ------------------------------------------------------------------------
+
+def evaluate_segmenter(run: Any, data: str | Path | Dataset, out: str | Path, split: str = "test",
+                       log: Log = print) -> dict[str, Any]:
+    """out/metrics.json (dice, iou, hd95, asd, lesion sensitivity, FP/image, lesion-slice Dice) + panel PNG."""
+    from meddx.data.splits import assign_splits
+    from meddx.evaluate.segmentation import segmentation_metrics
+
+    ds = load_segmentation_dataset(data)
+    cfg = run.info.get("config", {})
+    splits = assign_splits(ds, cfg.get("val_fraction", 0.15), cfg.get("test_fraction", 0.15), cfg.get("seed", 0))
+    idx = np.arange(len(ds)) if split == "all" else np.flatnonzero(splits == split)
+    if len(idx) == 0:
+        avail = ", ".join(sorted(set(splits) - {""})) or "none"
+        raise DataError(f"no '{split}' split in this data (available: {avail})", ds.source)
+    if split in ("train", "val") and Path(str(run.info["data"]["source"])).resolve() == Path(str(ds.source)).resolve():
+        log(f"warning: the '{split}' split was used for {'training' if split == 'train' else 'model selection'}; "
+            f"its metrics are optimistic")
+    preds, truths, spacings, shown = [], [], [], []
+    t0 = time.monotonic()
+    for i in idx:
+        _, pred, img, truth = _predict_case(run, ds.items[i], ds.masks[i])  # type: ignore[index]
+        preds.append(pred)
+        truths.append(truth)
+        spacings.append(_spacing_of(img))
+        shown.append(img)
+    known = all(s is not None for s in spacings)
+    metrics = segmentation_metrics(preds, truths, spacings if known else None)
+    lesion_cases = [c for c in metrics["per_case"] if not c["truth_empty"]]
+    metrics["dice_lesion_cases"] = float(np.mean([c["dice"] for c in lesion_cases])) if lesion_cases else None
+    metrics["n_lesion_cases"] = len(lesion_cases)
+    metrics["units"] = "mm" if known else "px"
+    empty = [c for c in metrics["per_case"] if c["truth_empty"]]
+    metrics["false_positive_rate_empty_cases"] = (
+        float(np.mean([not c["pred_empty"] for c in empty])) if empty else None)
+    names = ds.item_names()
+    for c, i in zip(metrics["per_case"], idx):
+        c["item"] = names[i]
+        if ds.patient_ids is not None:
+            c["patient_id"] = str(ds.patient_ids[i])
+    if ds.patient_ids is not None and run.info.get("spatial_ndim") == 2 and all(
+            p.shape == preds[0].shape for p in preds):
+        metrics["dice_per_patient"] = _per_patient_dice(preds, truths, ds.patient_ids[idx])
+    metrics.update(split=split, run=str(run.path), data=str(ds.source), model=run.info.get("model"),
+                   seconds=round(time.monotonic() - t0, 1))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "metrics.json", metrics)
+    panel = out / "segmentation_panel.png"
+    order = sorted(range(len(idx)), key=lambda k: -int(truths[k].sum()))
+    pick = [k for k in order if truths[k].any()][:6] or order[:6]
+    _save_panel([(_display(shown[k]), truths[k], preds[k], f"{Path(names[idx[k]]).name}  "
+                  f"Dice {metrics['per_case'][k]['dice']:.2f}") for k in pick], panel)
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    log(f"{split}: n={metrics['n']}, Dice {fmt(metrics['dice'])} (lesion cases {fmt(metrics['dice_lesion_cases'])}, "
+        f"n={len(lesion_cases)}), HD95 {fmt(metrics['hd95'])} {metrics['units']}, lesion sensitivity "
+        f"{fmt(metrics['lesion_sensitivity'])}, FP/image {fmt(metrics['fp_per_image'])} -> {out / 'metrics.json'}")
+    return metrics
+
+
+def _per_patient_dice(preds: list[np.ndarray], truths: list[np.ndarray], patients: np.ndarray) -> dict[str, float]:
+    """Dice of each patient's slices stacked into one volume."""
+    out = {}
+    for p in sorted(set(patients)):
+        k = np.flatnonzero(patients == p)
+        out[str(p)] = _dice_np(np.stack([preds[i] for i in k]), np.stack([truths[i] for i in k]))
+    return out
+
+
+def _display(img: Any) -> np.ndarray:
+    """A 2D grey view of an image (middle channel of RGB-like MR; the slice of largest area for 3D)."""
+    a = np.asarray(img.array, dtype=np.float32)
+    if img.has_channels:
+        a = a[..., a.shape[-1] // 2]
+    lo, hi = np.percentile(a, [0.5, 99.5]) if a.size else (0, 1)
+    return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1)
+
+
+def _save_panel(cases: list[tuple[np.ndarray, np.ndarray | None, np.ndarray, str]], path: Path) -> Path:
+    """Image with truth (green) and prediction (red) outlines; 3D cases show their busiest slice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(cases))
+    ncol = min(3, n)
+    nrow = math.ceil(n / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3.5 * nrow), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (im, truth, pred, title) in zip(axes.ravel(), cases):
+        if im.ndim == 3:
+            ref = truth if truth is not None and truth.any() else pred
+            k = int(np.argmax(ref.reshape(ref.shape[0], -1).sum(axis=1))) if ref.any() else im.shape[0] // 2
+            im, pred = im[k], pred[k]
+            truth = None if truth is None else truth[k]
+        ax.imshow(im, cmap="gray")
+        if truth is not None and truth.any():
+            ax.contour(truth.astype(float), levels=[0.5], colors="lime", linewidths=1.0)
+        if pred.any():
+            ax.contour(pred.astype(float), levels=[0.5], colors="red", linewidths=1.0)
+        ax.set_title(title, fontsize=7)
+    fig.suptitle("truth: green, prediction: red", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,165 @@
+"""Segmentation training, evaluation and inference on generated disc images (fast, tiny U-Net)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from meddx.data.lgg import paired_folder_dataset
+from meddx.train.config import TrainConfig
+from meddx.train.segmentation import postprocess_mask, sliding_window_predict
+
+SIZE = 40  # generated images; the model trains at 32 px, so predictions are resized back
+
+
+def make_discs(root: Path, n_patients: int = 8, per_patient: int = 6, seed: int = 0) -> Path:
+    """Patients' folders of noisy images: a bright disc (and its mask) on most, nothing on some."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    for p in range(n_patients):
+        for k in range(per_patient):
+            img = rng.normal(60, 12, (SIZE, SIZE))
+            mask = np.zeros((SIZE, SIZE), np.uint8)
+            if k % 3 != 2:
+                r = rng.uniform(4, 9)
+                cy, cx = rng.uniform(r + 1, SIZE - r - 1, 2)
+                mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 255
+                img[mask > 0] += 90
+            d = root / f"p{p}"
+            d.mkdir(parents=True, exist_ok=True)
+            PILImage.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"p{p}_{k}.png")
+            PILImage.fromarray(mask).save(d / f"p{p}_{k}_mask.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def discs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_discs(tmp_path_factory.mktemp("discs"))
+
+
+@pytest.fixture(scope="module")
+def trained(discs: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    from meddx.train.segmentation import train_segmenter
+
+    out = tmp_path_factory.mktemp("segrun") / "run"
+    cfg = TrainConfig(task="segmentation", epochs=15, batch_size=8, learning_rate=1e-2, image_size=32,
+                      patience=25, seed=1, val_fraction=0.2, test_fraction=0.2)
+    info = train_segmenter(discs, out, cfg, base_filters=4, depth=2, verbose=0, log=lambda s: None)
+    return out, info
+
+
+def test_train_writes_a_loadable_run(trained: tuple[Path, dict]) -> None:
+    from meddx.runs import load_run
+
+    out, info = trained
+    for name in ("model.keras", "run.json", "history.csv", "training_curves.png", "splits.csv", "val_metrics.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "backup").exists() and not (out / "checkpoints").exists()
+    run = load_run(out)
+    assert run.info["kind"] == "segmenter" and run.info["model"] == "unet"
+    assert run.class_names == ["background", "lesion"]
+    assert run.info["input_shape"] == [32, 32, 1] and run.spatial_ndim == 2
+    for key in ("preprocessing", "config", "data", "val_metrics", "created", "meddx_version"):
+        assert key in run.info
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert len(rows) == info["epochs_run"] and "val_dice" in rows[0]
+    assert run.model.output_shape == (None, 32, 32, 1)
+
+
+def test_no_patient_in_two_splits(trained: tuple[Path, dict]) -> None:
+    out, _ = trained
+    rows = list(csv.DictReader((out / "splits.csv").open()))
+    seen: dict[str, set[str]] = {}
+    for r in rows:
+        seen.setdefault(r["patient_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in seen.values())
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+
+
+def test_evaluate_beats_trivial_baseline(trained: tuple[Path, dict], discs: Path, tmp_path: Path) -> None:
+    from meddx.workflows import evaluate_run
+
+    out, _ = trained
+    m = evaluate_run(out, discs, tmp_path / "eval", split="test", log=lambda s: None)
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert (tmp_path / "eval" / "segmentation_panel.png").stat().st_size > 1000
+    assert saved["n"] == m["n"] > 0
+    for key in ("dice", "iou", "hd95", "asd", "lesion_sensitivity", "fp_per_image", "dice_lesion_cases"):
+        assert key in saved
+    assert saved["units"] == "px"
+    # the all-background predictor scores 0 on lesion cases; a trained net finds bright discs
+    assert saved["dice_lesion_cases"] > 0.6
+    assert saved["lesion_sensitivity"] >= 0.75
+    # masks are compared in the images' own geometry (40 px), not the 32 px model input
+    ds = paired_folder_dataset(discs)
+    assert saved["per_case"][0]["item"] in ds.items
+
+
+def test_predict_segmentation_in_input_geometry(trained: tuple[Path, dict], discs: Path, tmp_path: Path) -> None:
+    from meddx.runs import load_run
+    from meddx.train.segmentation import predict_segmentation
+    from meddx.workflows import predict_inputs
+
+    out, _ = trained
+    run = load_run(out)
+    r = predict_segmentation(run, discs / "p0" / "p0_0.png")
+    assert r["mask"].shape == (SIZE, SIZE) and r["mask"].dtype == bool
+    truth = np.asarray(PILImage.open(discs / "p0" / "p0_0_mask.png")) > 0
+    inter = np.logical_and(r["mask"], truth).sum()
+    assert 2 * inter / (r["mask"].sum() + truth.sum()) > 0.5
+    assert r["n_lesions"] >= 1 and r["lesions"][0]["n_px"] > 0
+    csv_path = predict_inputs(out, [discs / "p0"], tmp_path / "pred", log=lambda s: None)
+    rows = list(csv.DictReader(Path(csv_path).open()))
+    assert len(rows) == 6  # the *_mask.png files are not inputs
+    assert Path(rows[0]["mask"]).is_file()
+
+
+def test_sliding_window_reproduces_whole_image() -> None:
+    import keras
+
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(21, 30, 17, 2)).astype(np.float32)
+    inp = keras.Input((None, None, None, 2))
+    pointwise = keras.Model(inp, keras.layers.Conv3D(1, 1)(inp))
+    whole = np.asarray(pointwise.predict(vol[None], verbose=0))[0]
+    for patch, overlap in (((8, 8, 8), 0.5), ((16, 12, 17), 0.25), ((32, 32, 32), 0.5)):
+        sw = sliding_window_predict(pointwise, vol, patch, overlap)
+        np.testing.assert_allclose(sw, whole, atol=1e-5)
+    # a 3x3 conv net: one window covering the whole image is exact (same padding, same weights)
+    inp2 = keras.Input((None, None, 1))
+    conv = keras.Model(inp2, keras.layers.Conv2D(1, 3, padding="same")(inp2))
+    img = rng.normal(size=(24, 24, 1)).astype(np.float32)
+    full = np.asarray(conv.predict(img[None], verbose=0))[0]
+    np.testing.assert_allclose(sliding_window_predict(conv, img, (24, 24)), full, atol=1e-5)
+    # an input smaller than the patch is padded and cropped back to its own shape
+    small = sliding_window_predict(pointwise, vol[:5], (8, 8, 8))
+    np.testing.assert_allclose(small, whole[:5], atol=1e-5)
+
+
+def test_postprocess_removes_small_components() -> None:
+    m = np.zeros((20, 20), bool)
+    m[2:8, 2:8] = True  # 36 px
+    m[12:14, 12:14] = True  # 4 px
+    m[15:19, 2:7] = True  # 20 px
+    assert postprocess_mask(m, min_size=5).sum() == 56
+    assert postprocess_mask(m, keep_largest=1).sum() == 36
+    assert postprocess_mask(m).sum() == 60
+
+
+def test_cli_train_segmentation(tmp_path: Path) -> None:
+    from meddx.cli import main
+
+    discs = make_discs(tmp_path / "small", n_patients=5, per_patient=3, seed=2)
+    out = tmp_path / "clirun"
+    rc = main(["train", str(discs), "--out", str(out), "--task", "segmentation", "--epochs", "1",
+               "--image-size", "16"])
+    assert rc == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["kind"] == "segmenter" and info["epochs_run"] == 1
+    rc = main(["evaluate", str(out), str(discs), "--out", str(tmp_path / "ev")])
+    assert rc == 0 and (tmp_path / "ev" / "metrics.json").is_file()
