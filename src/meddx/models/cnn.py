@@ -20,12 +20,12 @@ def build_cnn(input_shape: tuple[int | None, ...], units: int, dims: int, filter
               convs_per_stage: int = 2, dropout: float = 0.3, strided_stem: bool | None = None) -> Any:
     """Stages of `convs_per_stage` 3x3 conv-BN-ReLU; max-pool between stages; GAP + dropout + Dense logits.
 
-    `strided_stem` (default: when every side is >= 48) makes the first conv stride 2, so a 64 px
+    `strided_stem` (default: when every side is >= 48 in 2D, >= 24 in 3D) makes the first conv stride 2, so a 64 px
     image costs about what a 32 px one does (~5x faster training on a CPU).
     """
     if strided_stem is None:
         spatial = [s for s in input_shape[:-1] if s is not None]
-        strided_stem = bool(spatial) and min(spatial) >= 48
+        strided_stem = bool(spatial) and min(spatial) >= (48 if dims == 2 else 24)
     filters = tuple(filters) if filters else ((32, 64, 128) if dims == 2 else (16, 32, 64))
     inputs = image_input(input_shape)
     x = inputs

@@ -80,7 +80,7 @@ class TrainConfig:
         return asdict(self)
 
 
-def auto_epochs(n_train: int, batch_size: int, target_steps: int = 900, lo: int = 12, hi: int = 100) -> int:
+def auto_epochs(n_train: int, batch_size: int, target_steps: int = 600, lo: int = 10, hi: int = 80) -> int:
     """Epochs giving about `target_steps` optimiser steps, clamped: small sets get more epochs."""
     steps = max(1, -(-n_train // batch_size))
     return int(min(hi, max(lo, round(target_steps / steps))))
