@@ -236,6 +236,9 @@ def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
 
     run = load_run(run_dir)
     files = _inputs(inputs)
+    if run.info.get("kind") == "segmenter":
+        from meddx.train.segmentation import predict_segmentations
+        return predict_segmentations(run, files, out, log=log)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, lesion_rows = [], []
