@@ -94,3 +94,19 @@ def test_config_file_and_unknown_keys(tmp_path):
     (tmp_path / "bad.json").write_text('{"epoch": 3}')
     with pytest.raises(ConfigError, match="unknown setting.*epoch"):
         TrainConfig.from_file(tmp_path / "bad.json")
+
+
+def test_multilabel_and_multiclass_heads(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(48, 12, 12)).astype(np.uint8)
+    y_ml = rng.integers(0, 2, size=(48, 3)).astype(np.uint8)
+    np.savez(tmp_path / "ml.npz", train_images=x[:36], train_labels=y_ml[:36], val_images=x[36:], val_labels=y_ml[36:])
+    info = train(tmp_path / "ml.npz", tmp_path / "ml", TrainConfig(epochs=1, batch_size=16), verbose=0,
+                 log=lambda s: None)
+    assert info["task"] == "multilabel" and info["input_shape"] == [12, 12, 1]
+    y_mc = (np.arange(48) % 3).astype(np.uint8)[:, None]
+    np.savez(tmp_path / "mc.npz", train_images=x[:36], train_labels=y_mc[:36], val_images=x[36:], val_labels=y_mc[36:])
+    info = train(tmp_path / "mc.npz", tmp_path / "mc", TrainConfig(epochs=1, batch_size=16), verbose=0,
+                 log=lambda s: None)
+    assert info["task"] == "multiclass" and len(info["class_names"]) == 3
+    assert len(info["val_metrics"]["per_class"]) == 3
