@@ -331,21 +331,24 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     model.compile(optimizer=optimizer, loss=dice_bce_loss, jit_compile=cfg.jit_compile)
 
     def val_dice() -> tuple[float, float]:
-        """(mean per-case Dice over all val cases, mean over lesion-containing cases)."""
+        """(pooled Dice over all val voxels -- the selection score, which an empty prediction cannot
+        win -- and the mean per-case Dice over lesion-containing cases)."""
         if ndim == 2:
             logits = model.predict(x_va, batch_size=32, verbose=0)[..., 0]
             preds, truths = logits > 0, y_va > 0
         else:
             preds = [sliding_window_predict(model, v, patch)[..., 0] > 0 for v, _ in val_pairs]  # type: ignore[union-attr]
             truths = [m for _, m in val_pairs]  # type: ignore[union-attr]
-        d = [_dice_np(p, t) for p, t in zip(preds, truths)]
-        les = [di for di, t in zip(d, truths) if t.any()]
-        return float(np.mean(d)), float(np.mean(les)) if les else float("nan")
+        inter = sum(int(np.logical_and(p, t).sum()) for p, t in zip(preds, truths))
+        total = sum(int(p.sum()) + int(t.sum()) for p, t in zip(preds, truths))
+        pooled = 1.0 if total == 0 else 2.0 * inter / total
+        les = [_dice_np(p, t) for p, t in zip(preds, truths) if t.any()]
+        return float(pooled), float(np.mean(les)) if les else float("nan")
 
     best_file = run_dir / "checkpoints" / "best.weights.h5"
 
     class ValDice(keras.callbacks.Callback):
-        """val_dice (all cases; the selection score) and val_dice_lesion; keeps the best weights."""
+        """val_dice (pooled over val cases; the selection score) and val_dice_lesion; keeps the best weights."""
 
         def __init__(self) -> None:
             super().__init__()
