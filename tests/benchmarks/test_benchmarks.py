@@ -1,0 +1,89 @@
+"""Smoke tests for benchmarks/: the harness helpers are right and every script runs with --quick.
+
+Speed is never asserted here (benchmarks measure it); only that the scripts run and their JSON
+holds the fields the README table is built from.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+def test_table_and_format() -> None:
+    from _common import fmt, table
+
+    assert fmt(None) == "-"
+    assert fmt(1234.4) == "1,234"
+    assert fmt(12.34) == "12.3"
+    assert fmt(0.91234) == "0.912"
+    assert fmt(True) == "yes"
+    text = table([{"a": 1, "b": 0.5}, {"a": 22, "b": None}])
+    lines = text.splitlines()
+    assert lines[0] == "| a  | b   |"
+    assert lines[2] == "| 1  | 0.5 |"
+    assert lines[3] == "| 22 | -   |"
+
+
+def test_model_flops_counts_conv_and_dense() -> None:
+    import keras
+
+    from training_throughput import model_flops
+
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inp)  # 8*8*4 outputs x 27 MACs
+    x = keras.layers.Conv2D(2, 3, strides=2, padding="same")(x)  # 4*4*2 outputs x 36 MACs
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(5)(x)  # 2*5 MACs
+    f = model_flops(keras.Model(inp, out))
+    macs = 8 * 8 * 4 * 27 + 4 * 4 * 2 * 36 + 2 * 5
+    assert f["forward_flops"] == 2 * macs
+    assert f["train_flops"] == 6 * macs
+
+
+def test_reading_readers_agree_on_real_ct(shared_data: Path) -> None:
+    import numpy as np
+
+    from reading import read_meddx, read_pydicom, read_sitk
+
+    folder = shared_data / "dicom" / "ct_abdomen_ircadb"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} absent")
+    a, b, c = read_meddx(folder), read_sitk(folder), read_pydicom(folder)
+    assert a.shape == b.shape == c.shape == (129, 512, 512)
+    assert np.array_equal(a.astype(np.float32), b.astype(np.float32))
+    assert np.array_equal(c, b.astype(np.float32))
+
+
+@pytest.mark.slow
+def test_run_all_quick(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--quick", "--results-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1200, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run_all.json").read_text())
+    assert summary["quick"] is True and summary["failed"] == []
+    assert {t["benchmark"] for t in summary["timings"]} == {"reading", "inference", "training_throughput",
+                                                            "threads", "time_to_accuracy"}
+    for name in ("reading", "inference", "training_throughput", "threads", "time_to_accuracy"):
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        assert data["quick"] is True
+        assert data["machine"]["cores"] >= 1 and len(data["machine"]["loadavg"]) == 3
+        assert data["tables"], name
+    tp = json.loads((tmp_path / "training_throughput.json").read_text())
+    assert all(r["images_per_s"] > 0 and r["train_mflop_per_image"] > 0 for r in tp["rows"])
+    assert {s["config"] for s in tp["summary"]} >= {"2D cnn 28px"}
+    th = json.loads((tmp_path / "threads.json").read_text())
+    assert {(r["intra_op"], r["inter_op"]) for r in th["rows"]} == {(1, 1), (2, 2)}
+    inf = json.loads((tmp_path / "inference.json").read_text())
+    assert inf["batch_throughput"]["images_per_s"] > 0
+    assert any(r["stage"].startswith("2D PNG") and r["p50_s"] > 0 for r in inf["rows"])
+    if (tmp_path / "reading.json").is_file() and "rows" in json.loads((tmp_path / "reading.json").read_text()):
+        rows = json.loads((tmp_path / "reading.json").read_text())["rows"]
+        assert all(r["equal_to_SimpleITK"] for r in rows)
