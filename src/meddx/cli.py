@@ -75,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--root", help="folder (default ~/.meddx/medmnist or $MEDDX_DATA)")
 
     sub.add_parser("models", help="list the registered models")
+
+    cmp_ = sub.add_parser("compare", help="train several models on the same split; AUC/CI/time table + ROC plot")
+    cmp_.add_argument("data")
+    cmp_.add_argument("--models", required=True, help="comma-separated, e.g. cnn,svm,logreg,dbn")
+    cmp_.add_argument("--out", required=True)
+    cmp_.add_argument("--epochs", type=int, help="CNN epochs (default: automatic)")
+    cmp_.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -142,6 +149,11 @@ def _run(args: argparse.Namespace) -> int:
         from meddx.workflows import run_demo
 
         run_demo(args.out, data=args.data, n=args.n, minutes=args.minutes, epochs=args.epochs, seed=args.seed)
+        return 0
+    if cmd == "compare":
+        from meddx.compare import compare_models
+
+        compare_models(args.data, args.models.split(","), args.out, seed=args.seed, epochs=args.epochs)
         return 0
     return 1
 

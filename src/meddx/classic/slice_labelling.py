@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["HMMSmoother", "CRFSmoother", "lesion_runs", "lesion_extent", "frame_features", "sequence_f1",
-           "slice_feature_matrix"]
+           "slice_feature_matrix", "hyperintensity_features", "tune_crf"]
 
 _EPS = 1e-4
 
@@ -215,10 +215,13 @@ class HMMSmoother:
 
 def frame_features(probs: Sequence[float] | np.ndarray, context: int = 2) -> list[dict[str, float]]:
     """CRF features of each frame: p, logit(p), neighbours' p at offsets +-1..context (0 past the ends),
-    local mean/max, relative position in [0, 1] and its square, and begin/end flags."""
+    local mean/max, p relative to the sequence (p / max, rank in [0, 1], logit z-scored within the sequence), relative position in [0, 1] and its square, and begin/end flags."""
     p = np.asarray(probs, dtype=np.float64).ravel()
     t = p.size
     z = _logit(p)
+    pmax = max(float(p.max()), _EPS)
+    rank = np.argsort(np.argsort(p)) / max(t - 1, 1)
+    zmu, zsd = float(z.mean()), max(float(z.std()), 0.5)
     feats = []
     for i in range(t):
         f: dict[str, float] = {"bias": 1.0, "p": p[i], "logit": z[i] / 5.0}
@@ -228,6 +231,11 @@ def frame_features(probs: Sequence[float] | np.ndarray, context: int = 2) -> lis
         for k in range(1, context + 1):
             f[f"p[-{k}]"] = p[i - k] if i - k >= 0 else 0.0
             f[f"p[+{k}]"] = p[i + k] if i + k < t else 0.0
+        # sequence-relative evidence: held-out studies are often shifted as a whole (a patient whose
+        # lesion the classifier scores 0.3 everywhere else scores 0.05), so rank within the study matters
+        f["p_over_max"] = p[i] / pmax
+        f["rank"] = float(rank[i])
+        f["z_seq"] = float((z[i] - zmu) / zsd) / 2.0
         pos = i / (t - 1) if t > 1 else 0.5
         f["pos"] = pos
         f["pos2"] = (pos - 0.5) ** 2
@@ -238,9 +246,15 @@ def frame_features(probs: Sequence[float] | np.ndarray, context: int = 2) -> lis
 
 
 class CRFSmoother:
-    """Linear-chain CRF (sklearn-crfsuite, L-BFGS with elastic-net `c1`/`c2`) over `frame_features`."""
+    """Linear-chain CRF (sklearn-crfsuite, L-BFGS with elastic-net `c1`/`c2`) over `frame_features`.
 
-    def __init__(self, c1: float = 0.05, c2: float = 0.05, max_iterations: int = 200, context: int = 2):
+    `threshold=None` decodes with Viterbi; a number labels a frame positive when its marginal lesion
+    probability reaches it -- the CRF is trained by likelihood with no class weights, so with ~30%
+    positive frames and weak evidence Viterbi says "no lesion" far too often (see `tune_crf`)."""
+
+    def __init__(self, c1: float = 0.05, c2: float = 0.05, max_iterations: int = 200, context: int = 2,
+                 threshold: float | None = None):
+        self.threshold = threshold
         self.c1 = c1
         self.c2 = c2
         self.max_iterations = max_iterations
@@ -262,8 +276,10 @@ class CRFSmoother:
             raise RuntimeError("CRFSmoother is not fitted; call fit() first")
 
     def predict(self, prob_seqs: Sequence[Any]) -> list[np.ndarray]:
-        """Most likely (Viterbi) 0/1 label sequence of every sequence."""
+        """0/1 label sequence of every sequence: Viterbi, or marginals >= `threshold` when one is set."""
         self._check_fitted()
+        if self.threshold is not None:
+            return [(m >= self.threshold).astype(np.int64) for m in self.predict_proba(prob_seqs)]
         out = self.crf_.predict([frame_features(p, self.context) for p in _as_list(prob_seqs)])
         return [np.asarray([int(v) for v in y], np.int64) for y in out]
 
@@ -298,3 +314,70 @@ def slice_feature_matrix(frames: np.ndarray) -> np.ndarray:
             f += x[: bh * 4, : bw * 4].reshape(4, bh, 4, bw).mean(axis=(1, 3)).ravel().tolist()
         rows.append(f)
     return np.asarray(rows, np.float32)
+
+
+def hyperintensity_features(frames: np.ndarray, channel: int = 1, brain_threshold: float = 0.05,
+                            levels: Sequence[float] = (0.75, 1.0, 1.5, 2.0, 2.5), sigma: float = 1.0) -> np.ndarray:
+    """Per-slice features (T, F) of bright-lesion evidence RELATIVE TO THE WHOLE STACK (unsupervised, per study).
+
+    Intensities of `channel` (FLAIR for LGG) are z-scored against the stack's own brain voxels
+    (> `brain_threshold`), so a slice scores by how much brighter-than-this-patient tissue it holds,
+    not by how much brain it shows (which only says "mid-volume"). Per level q: fraction of the
+    slice's brain above median + q*sd, log pixel count, log largest connected blob; plus left-right
+    asymmetry and high z percentiles. Uses no labels, so it is safe on held-out studies.
+    """
+    from scipy import ndimage as ndi
+
+    a = np.asarray(frames, dtype=np.float32)
+    x = a[..., channel] if a.ndim == 4 else a
+    brain = x > brain_threshold
+    vals = x[brain] if brain.any() else x.ravel()
+    med, sd = float(np.median(vals)), float(vals.std()) or 1.0
+    rows = []
+    for i in range(x.shape[0]):
+        s = ndi.gaussian_filter(x[i], sigma)
+        b = brain[i]
+        nb = max(int(b.sum()), 1)
+        f: list[float] = []
+        for q in levels:
+            hi = (s > med + q * sd) & b
+            lab, n = ndi.label(hi)
+            big = int(np.bincount(lab.ravel())[1:].max()) if n else 0
+            f += [hi.sum() / nb, float(np.log1p(hi.sum())), float(np.log1p(big))]
+        asym = s - s[:, ::-1]
+        f += [float(np.log1p(np.clip(asym, 0, None)[b].sum())), float(asym[b].std()) if b.any() else 0.0,
+              float(((asym > 0.15) & b).sum() / nb)]
+        z = (s[b] - med) / sd if b.any() else np.zeros(1)
+        f += [float(np.percentile(z, 99)), float(np.percentile(z, 95)), float(z.mean()), nb / x[i].size]
+        rows.append(f)
+    return np.asarray(rows, np.float32)
+
+
+def tune_crf(prob_seqs: Sequence[Any], label_seqs: Sequence[Any], c1s: Sequence[float] = (0.0, 0.1, 0.5),
+             c2s: Sequence[float] = (0.01, 0.1, 1.0), thresholds: Sequence[float | None] = (None, 0.2, 0.3, 0.4, 0.5),
+             n_splits: int = 4, context: int = 2) -> CRFSmoother:
+    """CRFSmoother with (c1, c2, threshold) chosen by sequence-grouped cross-validated F1 on the given
+    (out-of-fold) training sequences, refitted on all of them; the scores are kept in `.cv_scores_`."""
+    probs = _as_list(prob_seqs)
+    labs = _check_labels(probs, label_seqs)
+    n = len(probs)
+    k = max(2, min(n_splits, n))
+    folds = [list(range(j, n, k)) for j in range(k)]
+    scores: dict[tuple[float, float, float | None], float] = {}
+    for c1 in c1s:
+        for c2 in c2s:
+            preds: dict[float | None, list[Any]] = {t: [None] * n for t in thresholds}
+            for te in folds:
+                tr = [i for i in range(n) if i not in te]
+                crf = CRFSmoother(c1=c1, c2=c2, context=context).fit([probs[i] for i in tr], [labs[i] for i in tr])
+                test = [probs[i] for i in te]
+                vit, marg = crf.predict(test), crf.predict_proba(test)
+                for t in thresholds:
+                    for i, v, m in zip(te, vit, marg):
+                        preds[t][i] = v if t is None else (m >= t).astype(np.int64)
+            for t in thresholds:
+                scores[(c1, c2, t)] = sequence_f1(labs, preds[t])
+    best = max(scores, key=lambda c: (scores[c], c[1]))
+    out = CRFSmoother(c1=best[0], c2=best[1], context=context, threshold=best[2]).fit(probs, labs)
+    out.cv_scores_ = scores
+    return out
