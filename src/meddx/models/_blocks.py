@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from meddx.errors import ConfigError
 from meddx.models.registry import CAM_LAYER, OUTPUT_LAYER
 
 
@@ -44,11 +45,18 @@ def mark_features(x: Any) -> Any:
     return layers.Identity(name=CAM_LAYER)(x)
 
 
-def classification_head(x: Any, units: int, dims: int, dropout: float = 0.0) -> Any:
-    """Global average pooling -> optional dropout -> Dense 'logits' (float32, no activation)."""
+def classification_head(x: Any, units: int, dims: int, dropout: float = 0.0, pooling: str = "avg") -> Any:
+    """Global average ("avg", layer 'gap') or max ("max", layer 'gmp') pooling -> optional dropout -> Dense 'logits'
+    (float32, no activation). Max pooling suits small-lesion detection: the logit follows the single most
+    lesion-like feature cell, so Grad-CAM peaks on it (average pooling rewards evidence spread over the image)."""
     from keras import layers
 
-    x = nd("GlobalAveragePooling", dims)(name="gap")(x)
+    if pooling not in ("avg", "max"):
+        raise ConfigError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+    if pooling == "max":
+        x = nd("GlobalMaxPooling", dims)(name="gmp")(x)
+    else:
+        x = nd("GlobalAveragePooling", dims)(name="gap")(x)
     if dropout:
         x = layers.Dropout(float(dropout), name="dropout")(x)
     return layers.Dense(units, name=OUTPUT_LAYER, dtype="float32")(x)

@@ -34,6 +34,7 @@ class TrainConfig:
     jit_compile: bool = False
     dropout: float = 0.3
     threads: int | None = None  # TF intra-op threads; None = all cores
+    model_options: dict[str, Any] | None = None  # extra keyword arguments for the model builder (e.g. {"pooling": "max"})
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
@@ -73,6 +74,8 @@ class TrainConfig:
             raise ConfigError(f"augment must be none, flip, light or strong, got {self.augment!r}")
         if self.task not in ("classification", "segmentation"):
             raise ConfigError(f"task must be classification or segmentation, got {self.task!r}")
+        if self.model_options is not None and not isinstance(self.model_options, dict):
+            raise ConfigError(f"model_options must be a table/dict of builder arguments, got {self.model_options!r}")
         if self.image_size is not None and not 8 <= self.image_size <= 1024:
             raise ConfigError(f"image_size must be between 8 and 1024, got {self.image_size}")
 
