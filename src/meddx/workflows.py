@@ -413,8 +413,11 @@ def run_demo(out: str | Path = "meddx-demo", data: str | Path | None = None, n: 
         data_path = Path(data)
         ds = load_dataset(data_path)
         log(f"[1/5] using {data_path}")
+    # synthetic demo: a small 16-32-64 cnn with one pooling (16x16 'features' grid at 64 px instead of 8x8, where
+    # bilinear-upsampled Grad-CAM peaks can only sit on 64 cell centres) and a global-max-pooling head
+    demo_model = {"filters": [16, 32, 64], "pools": 1, "pooling": "max"}
     cfg = TrainConfig(epochs=epochs or 30, max_minutes=minutes, seed=seed, patience=8,
-                      image_size=size if data is None else None)
+                      image_size=size if data is None else None, model_options=demo_model if data is None else None)
     log("[2/5] training")
     train(ds, run_dir, cfg, overwrite=True, log=log)
     log("[3/5] evaluating on the held-out test split")
