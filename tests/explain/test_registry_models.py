@@ -28,6 +28,13 @@ def _cases() -> list:
         except TypeError:  # an older list_models() without filters
             names = registry.list_models() if dims == 2 else []
         for name in names:
+            if name == "cnn25d":
+                # 2.5D baseline: slices become channels, so its 'features' map is 2D while the input is a
+                # (T, H, W, C) stack; Grad-CAM for it needs in-plane maps broadcast over slices (not built yet).
+                cases.append(pytest.param(name, dims, marks=pytest.mark.skip(
+                    reason="cnn25d: 2D feature map over a slice-stack input; Grad-CAM support not built yet"),
+                    id=f"{name}-{dims}d"))
+                continue
             marks = () if name in FAST else (pytest.mark.slow,)
             cases.append(pytest.param(name, dims, marks=marks, id=f"{name}-{dims}d"))
     return cases or [pytest.param(None, 2, marks=pytest.mark.skip(reason="no classification model registered"))]
