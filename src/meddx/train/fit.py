@@ -298,24 +298,29 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
         "data": {"source": str(ds.source), "kind": ds.kind, "summary": summary},
         "val_metrics": val_metrics,
     }
-    _write_splits(run_dir / "splits.csv", ds, splits)
-    atomic_write_json(run_dir / "val_metrics.json", val_metrics)
-    with atomic_path(run_dir / MODEL_FILE) as tmp:
-        model.save(tmp)
-    try:
-        from meddx.evaluate.plots import plot_training_curves
-
-        plot_training_curves(run_dir / "history.csv", run_dir / "training_curves.png",
-                             title=f"{cfg.model} on {Path(str(ds.source)).name}")
-    except Exception as exc:  # a plot must never lose a trained model
-        log(f"warning: could not plot training curves: {exc}")
-    atomic_write_json(run_dir / RUN_FILE, info)  # last: its presence marks a complete RUN
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    write_run_folder(run_dir, ds, splits, model, info, title=f"{cfg.model} on {Path(str(ds.source)).name}", log=log)
     auc = val_metrics.get("auc")
     log(f"done in {train_seconds / 60:.1f} min (best epoch {info['best_epoch']}/{info['epochs_run']}): "
         f"validation AUC {auc if auc is None else round(auc, 4)} "
         f"{val_metrics.get('auc_ci')}, accuracy {val_metrics.get('accuracy'):.4f}")
     return info
+
+
+def write_run_folder(run_dir: Path, ds: Dataset, splits: np.ndarray, model: Any, info: dict[str, Any],
+                     title: str, log: Callable[[str], None] = print) -> None:
+    """Write splits.csv, val_metrics.json, model.keras and the training curve, then run.json last."""
+    _write_splits(run_dir / "splits.csv", ds, splits)
+    atomic_write_json(run_dir / "val_metrics.json", info["val_metrics"])
+    with atomic_path(run_dir / MODEL_FILE) as tmp:
+        model.save(tmp)
+    try:
+        from meddx.evaluate.plots import plot_training_curves
+
+        plot_training_curves(run_dir / "history.csv", run_dir / "training_curves.png", title=title)
+    except Exception as exc:  # a plot must never lose a trained model
+        log(f"warning: could not plot training curves: {exc}")
+    atomic_write_json(run_dir / RUN_FILE, info)  # last: its presence marks a complete RUN
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
 def _check_both_classes(ds: Dataset, idx: np.ndarray, name: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -271,7 +270,7 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     run_dir = Path(out)
     resuming = _check_run_dir(run_dir, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from meddx.train.fit import _read_history, _write_splits, configure_tensorflow
+    from meddx.train.fit import _read_history, configure_tensorflow, write_run_folder
 
     configure_tensorflow(cfg.threads, cfg.seed)
     import keras
@@ -432,19 +431,8 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
         "val_metrics": {"dice": d_all, "dice_lesion": None if math.isnan(d_les) else d_les, "n": int(len(va)),
                         "resolution": "model input" if ndim == 2 else "native"},
     }
-    _write_splits(run_dir / "splits.csv", ds, splits)
-    atomic_write_json(run_dir / "val_metrics.json", info["val_metrics"])
-    with atomic_path(run_dir / MODEL_FILE) as tmp:
-        final.save(tmp)
-    try:
-        from meddx.evaluate.plots import plot_training_curves
-
-        plot_training_curves(run_dir / "history.csv", run_dir / "training_curves.png",
-                             title=f"{model_name} segmentation on {Path(str(ds.source)).name}")
-    except Exception as exc:  # a plot must never lose a trained model
-        log(f"warning: could not plot training curves: {exc}")
-    atomic_write_json(run_dir / RUN_FILE, info)  # last: its presence marks a complete RUN
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    write_run_folder(run_dir, ds, splits, final, info,
+                     title=f"{model_name} segmentation on {Path(str(ds.source)).name}", log=log)
     log(f"done in {train_seconds / 60:.1f} min (best epoch {info['best_epoch']}/{info['epochs_run']}): "
         f"validation Dice {d_all:.4f} (lesion cases {d_les:.4f})")
     return info
