@@ -19,21 +19,12 @@ def _pairs(heatmaps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def pointing_hits(heatmaps: Any, masks: Any, tolerance_px: float = 0.0) -> np.ndarray:
     """Per-image pointing game (N,) bool: the peak of heatmaps[i] lies in masks[i] (or within
-    `tolerance_px` pixels of it). Images with an empty mask count as misses."""
-    from scipy import ndimage
+    `tolerance_px` pixels of it). Images with an empty mask count as misses. One rule for the
+    whole package: each case is scored by `meddx.evaluate.localisation.pointing_game`."""
+    from meddx.evaluate.localisation import pointing_game as point_case
 
     h, m = _pairs(heatmaps, masks)
-    hits = np.zeros(len(h), dtype=bool)
-    for i, (heat, mask) in enumerate(zip(h, m)):
-        if not mask.any():
-            continue
-        peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
-        if tolerance_px > 0:
-            dist = ndimage.distance_transform_edt(~mask)
-            hits[i] = bool(dist[peak] <= tolerance_px)
-        else:
-            hits[i] = bool(mask[peak])
-    return hits
+    return np.asarray([point_case(heat, mask, tolerance_px) for heat, mask in zip(h, m)], dtype=bool)
 
 
 def pointing_game(heatmaps: Any, masks: Any, tolerance_px: float = 0.0) -> float:

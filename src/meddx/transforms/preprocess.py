@@ -54,7 +54,8 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 
 FIT_CHOICES = ("stretch", "pad", "crop")
-INTENSITY_CHOICES = ("none", "minmax", "minmax:<lo>,<hi>", "zscore", "zscore:nonzero", "scale255",
+INTENSITY_CHOICES = ("none", "minmax", "minmax:<lo>,<hi>", "zscore", "zscore:nonzero",
+                     "zscore:channel", "zscore:nonzero,channel", "scale255",
                      "window:<preset>", "window:<center>,<width>")
 
 
@@ -464,7 +465,8 @@ class ToChannels(Transform):
 # -- the model-input pipeline ------------------------------------------------------------------
 
 def _parse_intensity(spec: str | None) -> Transform | None:
-    """'minmax' | 'minmax:lo,hi' | 'zscore' | 'zscore:nonzero' | 'scale255' | 'window:<preset>'
+    """'minmax' | 'minmax:lo,hi' | 'zscore' | 'zscore:nonzero' | 'zscore:nonzero,channel' (each channel
+    on its own, e.g. multi-sequence MR) | 'scale255' | 'window:<preset>'
     | 'window:<center>,<width>' | 'none' -> a transform (or None)."""
     if spec is None:
         return None
@@ -475,8 +477,9 @@ def _parse_intensity(spec: str | None) -> Transform | None:
             return None
         if kind == "minmax":
             return MinMax(_tuple(arg.split(","), 2, "minmax percentiles")) if arg else MinMax()
-        if kind == "zscore" and arg in ("", "nonzero"):
-            return ZScore(nonzero=arg == "nonzero")
+        if kind == "zscore" and set(filter(None, arg.split(","))) <= {"nonzero", "channel"}:
+            opts = set(arg.split(","))
+            return ZScore(nonzero="nonzero" in opts, channel_wise="channel" in opts)
         if kind == "scale255" and not arg:
             return ScaleIntensity(1.0 / 255.0)
         if kind == "window" and arg:
