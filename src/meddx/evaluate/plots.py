@@ -91,6 +91,16 @@ def _legend(ax: Any, n: int) -> None:
               bbox_to_anchor=None if n <= 8 else (1.01, 0.5), frameon=True)
 
 
+def _unit_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    """Both axes on [0, 1] (a hair of margin so curves on the edges show), labels, title, light grid."""
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
 def plot_roc(y_true: Any, probs: Any, class_names: Sequence[str], path: str | Path, task: str = "binary",
              threshold: float | None = None, title: str | None = None) -> Path:
     """ROC curve(s) with AUC in the legend: binary -> positive class (with the operating point
@@ -121,12 +131,8 @@ def plot_roc(y_true: Any, probs: Any, class_names: Sequence[str], path: str | Pa
                     label=f"macro average (mean AUC = {np.mean(aucs):.3f})")
     if not aucs:
         ax.text(0.5, 0.5, "ROC undefined: only one class present", ha="center", va="center")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_xlabel("False positive rate (1 - specificity)")
-    ax.set_ylabel("True positive rate (sensitivity)")
-    ax.set_title(title or f"ROC curve{'s' if len(cols) > 1 else ''} (n = {len(cols[0][1])})")
-    ax.grid(alpha=0.3)
+    _unit_axes(ax, "False positive rate (1 - specificity)", "True positive rate (sensitivity)",
+               title or f"ROC curve{'s' if len(cols) > 1 else ''} (n = {len(cols[0][1])})")
     _legend(ax, len(cols) + 2)
     return _save(fig, path)
 
@@ -152,12 +158,7 @@ def plot_pr(y_true: Any, probs: Any, class_names: Sequence[str], path: str | Pat
             ax.axhline(y.mean(), ls="--", color="grey", lw=1, label=f"prevalence {y.mean():.3f}")
     if not drawn:
         ax.text(0.5, 0.5, "PR undefined: no positive case", ha="center", va="center")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_xlabel("Recall (sensitivity)")
-    ax.set_ylabel("Precision (PPV)")
-    ax.set_title(title or f"Precision-recall (n = {len(cols[0][1])})")
-    ax.grid(alpha=0.3)
+    _unit_axes(ax, "Recall (sensitivity)", "Precision (PPV)", title or f"Precision-recall (n = {len(cols[0][1])})")
     if drawn:
         ax.legend(loc="lower left" if len(cols) <= 8 else "center left", fontsize=8 if len(cols) <= 8 else 6,
                   bbox_to_anchor=None if len(cols) <= 8 else (1.01, 0.5))
