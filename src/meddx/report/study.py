@@ -163,6 +163,18 @@ def _lesions_in_plane(lesions: Sequence[dict[str, Any]], z: int) -> list[dict[st
     return out
 
 
+
+def _save_png(fig: Any, path: Path) -> Path:
+    """Write a figure as PNG atomically (no half-written file on error) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", facecolor="white")
+    finally:
+        plt.close(fig)
+    return path
+
 def _save_plain(image2d: np.ndarray, path: Path, title: str, aspect: float = 1.0) -> Path:
     import matplotlib
 
@@ -179,12 +191,7 @@ def _save_plain(image2d: np.ndarray, path: Path, title: str, aspect: float = 1.0
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png", facecolor="white")
-    finally:
-        plt.close(fig)
-    return path
+    return _save_png(fig, path)
 
 
 def _slice_chart(scores: Sequence[float], threshold: float | None, key: Sequence[int], path: Path, unit: str,
@@ -209,12 +216,7 @@ def _slice_chart(scores: Sequence[float], threshold: float | None, key: Sequence
     if threshold is not None or key:
         ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png", facecolor="white")
-    finally:
-        plt.close(fig)
-    return path
+    return _save_png(fig, path)
 
 
 def _key_slices(study: dict[str, Any], n: int) -> list[int]:
