@@ -163,3 +163,25 @@ def test_cli_train_segmentation(tmp_path: Path) -> None:
     assert info["kind"] == "segmenter" and info["epochs_run"] == 1
     rc = main(["evaluate", str(out), str(discs), "--out", str(tmp_path / "ev")])
     assert rc == 0 and (tmp_path / "ev" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("augment", ["flip", "light", "strong"])
+def test_augmentation_moves_image_and_mask_together(augment: str) -> None:
+    """Flips, rotations and zooms are applied identically to the image and its mask."""
+    from meddx.train.segmentation import _flip_axes, _tf_dataset_2d
+
+    x = np.zeros((6, 48, 48, 2), np.float32)
+    for i in range(6):  # an off-centre rectangle, different per case, same in both channels
+        x[i, 6 + i: 20 + i, 10: 34 - i, :] = 1.0
+    y = x[..., :1].copy()
+    batches = list(_tf_dataset_2d(x, y, 6, seed=1, axes=_flip_axes(augment, 2), augment=augment).take(3))
+    moved = 0
+    for a, b in batches:
+        a, b = a.numpy(), b.numpy()
+        assert set(np.unique(b)) <= {0.0, 1.0}
+        for i in range(len(a)):
+            img = a[i, ..., 0] > 0.5
+            agree = (img == (b[i, ..., 0] > 0.5)).mean()
+            assert agree > 0.98, (augment, i, agree)
+            moved += int(not any(np.array_equal(img, x[k, ..., 0] > 0.5) for k in range(6)))
+    assert moved > 0  # the augmentation did something

@@ -189,11 +189,37 @@ def _flip_axes(augment: str, ndim: int) -> list[int]:
     return list(range(ndim))
 
 
-def _tf_dataset_2d(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, axes: list[int]) -> Any:
-    """Shuffled batches with the same random flips applied to image and mask."""
+AFFINE_2D = {"light": (10.0, 0.1), "strong": (20.0, 0.2)}  # preset -> (max degrees, max zoom fraction)
+
+
+def _random_affine_2d(ab: Any, degrees: float, zoom: float, size: tuple[int, int]) -> Any:
+    """Rotate and zoom one (H, W, C) tensor about its centre (bilinear, zeros outside)."""
+    import math as _m
+
+    import tensorflow as tf
+
+    theta = tf.random.uniform((), -degrees, degrees) * _m.pi / 180.0
+    scale = tf.random.uniform((), 1.0 - zoom, 1.0 + zoom)
+    h, w = float(size[0]), float(size[1])
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    cos, sin = tf.cos(theta) / scale, tf.sin(theta) / scale
+    # output (x, y) -> input (a0 x + a1 y + a2, b0 x + b1 y + b2): rotation/zoom about the centre
+    transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0])
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=ab[None], transforms=transform[None], output_shape=tf.constant(size, tf.int32),
+        interpolation="BILINEAR", fill_mode="CONSTANT", fill_value=0.0)
+    return out[0]
+
+
+def _tf_dataset_2d(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, axes: list[int],
+                   augment: str = "flip") -> Any:
+    """Shuffled batches with the same random flips (and, for light/strong, rotation + zoom) applied
+    to image and mask; light/strong also jitter each channel's contrast and brightness."""
     import tensorflow as tf
 
     c = x.shape[-1]
+    size = (int(x.shape[1]), int(x.shape[2]))
+    affine = AFFINE_2D.get(augment)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
 
     def aug(a: Any, b: Any) -> Any:
@@ -201,10 +227,14 @@ def _tf_dataset_2d(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, axe
         for ax in axes:
             flip = tf.random.uniform(()) < 0.5
             ab = tf.cond(flip, lambda t=ab, k=ax: tf.reverse(t, [k]), lambda t=ab: t)
-        return ab[..., :c], ab[..., c:]
+        if affine is None:
+            return ab[..., :c], ab[..., c:]
+        ab = _random_affine_2d(ab, affine[0], affine[1], size)
+        img = ab[..., :c] * tf.random.uniform((c,), 0.9, 1.1) + tf.random.uniform((c,), -0.1, 0.1)
+        return img, tf.cast(ab[..., c:] > 0.5, ab.dtype)
 
-    if axes:
-        ds = ds.map(aug, num_parallel_calls=1, deterministic=True)
+    if axes or affine is not None:
+        ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -311,7 +341,7 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
         y_tr = _masks_at(ds.subset(tr), patch)
         y_va = _masks_at(ds.subset(va), patch)
         steps = max(1, math.ceil(len(tr) / batch))
-        train_data = _tf_dataset_2d(x_tr, y_tr[..., None].astype(np.float32), batch, cfg.seed, axes)
+        train_data = _tf_dataset_2d(x_tr, y_tr[..., None].astype(np.float32), batch, cfg.seed, axes, cfg.augment)
         val_pairs = None
     else:
         tr_pairs = [_read_pair(ds.items[i], masks_of[i], prep, native=True)[:2] for i in tr]
