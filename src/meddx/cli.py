@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float, dest="learning_rate")
     t.add_argument("--augment", choices=["none", "flip", "light", "strong"])
-    t.add_argument("--intensity", help="minmax | zscore | scale255 | window:<preset>")
+    t.add_argument("--intensity", help="minmax | zscore | zscore:nonzero[,channel] | scale255 | window:<preset>")
+    t.add_argument("--select-channels", type=lambda v: [int(c) for c in v.split(",")], metavar="I[,J..]",
+                   help="keep only these input channels (0-based), e.g. 1 for the FLAIR of a pre/FLAIR/post stack")
     t.add_argument("--max-minutes", type=float, help="stop training cleanly after this many minutes")
     t.add_argument("--config", help="JSON or TOML file of training settings (options given here override it)")
     t.add_argument("--seed", type=int)
@@ -118,7 +120,8 @@ def _run(args: argparse.Namespace) -> int:
 
         cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
         cfg = cfg.updated({k: getattr(args, k) for k in ("model", "task", "epochs", "batch_size", "learning_rate",
-                                                         "augment", "intensity", "max_minutes", "seed")},
+                                                         "augment", "intensity", "max_minutes", "seed",
+                                                         "select_channels")},
                           source="command line")
         cfg = cfg.updated({"image_size": args.image_size})
         if cfg.task == "segmentation":

@@ -265,3 +265,30 @@ def test_pipeline_resamples_only_known_spacing() -> None:
     assert abs(len(rows) - len(cols)) <= 1
     # unknown spacing (nominal 1 mm, no geometry) and raw arrays: no resampling
     np.testing.assert_array_equal(prep(Image(x)), prep(x))
+
+
+def test_select_channels_keeps_the_named_channels_and_round_trips() -> None:
+    """select_channels=[1] keeps only channel 1 (e.g. FLAIR of pre/FLAIR/post); the config survives a round trip."""
+    from meddx.errors import InputError
+    from meddx.transforms.preprocess import Preprocessing
+
+    rgb = np.zeros((16, 16, 3), np.float32)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 1.0, np.arange(16)[None, :], 5.0
+    prep = Preprocessing(spatial_ndim=2, image_size=16, channels=1, intensity="none", select_channels=[1])
+    out = prep(rgb)
+    assert out.shape == (16, 16, 1)
+    np.testing.assert_allclose(out[..., 0], rgb[..., 1])
+    again = Preprocessing.from_config(prep.get_config())
+    np.testing.assert_allclose(again(rgb), out)
+    with pytest.raises(InputError, match="3 channel"):
+        Preprocessing(spatial_ndim=2, image_size=16, channels=1, select_channels=[3])(rgb)
+
+
+def test_zscore_channel_normalises_each_channel_on_its_own() -> None:
+    from meddx.transforms.preprocess import Preprocessing
+
+    rng = np.random.default_rng(0)
+    img = np.stack([rng.normal(10, 2, (20, 20)), rng.normal(-5, 9, (20, 20))], axis=-1).astype(np.float32)
+    out = Preprocessing(spatial_ndim=2, image_size=20, channels=2, intensity="zscore:channel")(img)
+    np.testing.assert_allclose(out.reshape(-1, 2).mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(out.reshape(-1, 2).std(0), 1, atol=1e-3)

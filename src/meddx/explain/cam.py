@@ -331,14 +331,23 @@ def _positions(size: int, patch: int, stride: int) -> list[int]:
     return starts
 
 
+def _blurred(img: np.ndarray, patch: Sequence[int]) -> np.ndarray:
+    """The image (spatial..., C) Gaussian-blurred with sigma = half the patch on each spatial axis."""
+    from scipy.ndimage import gaussian_filter
+
+    sigma = [p / 2.0 for p in patch] + [0.0]
+    return gaussian_filter(img.astype(np.float32), sigma=sigma, mode="nearest")
+
+
 def occlusion(model: Any, x: Any, class_index: int | Sequence[int] | None = None,
               patch: int | Sequence[int] | None = None, stride: int | Sequence[int] | None = None,
-              baseline: float | str = "mean", batch_size: int = 64) -> np.ndarray:
+              baseline: float | str = "blur", batch_size: int = 64) -> np.ndarray:
     """Occlusion sensitivity (N, *spatial) in [0, 1]: drop in the class score when a patch is hidden.
 
     `patch` defaults to 1/8 of each spatial size (at least 2), `stride` to half the patch in 2D and
-    the whole patch in 3D; `baseline` fills the hidden patch: "mean" (the image's per-channel mean),
-    "zero", or a number. Occluded copies are scored in batches of `batch_size`.
+    the whole patch in 3D; `baseline` fills the hidden patch: "blur" (the image Gaussian-blurred at the
+    patch scale: removes small findings without drawing a new flat square that a detector may itself
+    read as a lesion), "mean" (the image's per-channel mean), "zero", or a number. Occluded copies are scored in batches of `batch_size`.
     """
     import tensorflow as tf
 
@@ -372,21 +381,23 @@ def occlusion(model: Any, x: Any, class_index: int | Sequence[int] | None = None
     for i, img in enumerate(arr):
         cls_i = int(cls_all[i])
         ref = float(scores(img[None], cls_i)[0])
-        if baseline == "mean":
+        if baseline == "blur":
+            fill = _blurred(img, patch_t)
+        elif baseline == "mean":
             fill = img.reshape(-1, img.shape[-1]).mean(axis=0)
         elif baseline == "zero":
             fill = np.zeros(img.shape[-1], dtype=np.float32)
         elif isinstance(baseline, (int, float)):
             fill = np.full(img.shape[-1], float(baseline), dtype=np.float32)
         else:
-            raise ConfigError(f"occlusion baseline must be 'mean', 'zero' or a number, got {baseline!r}")
+            raise ConfigError(f"occlusion baseline must be 'blur', 'mean', 'zero' or a number, got {baseline!r}")
         total = np.zeros(spatial, dtype=np.float64)
         count = np.zeros(spatial, dtype=np.float64)
         for sl in _batches(len(windows), batch_size):
             chunk = windows[sl]
             batch = np.repeat(img[None], len(chunk), axis=0)
             for j, win in enumerate(chunk):
-                batch[(j, *win)] = fill
+                batch[(j, *win)] = fill[win] if baseline == "blur" else fill
             drop = ref - scores(batch, cls_i)
             for j, win in enumerate(chunk):
                 total[win] += drop[j]

@@ -23,6 +23,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     image_size: int | None = None  # None: the data's native size, capped by the model's default
     channels: int | None = None  # None: from the data
+    select_channels: list[int] | None = None  # keep only these input channels (e.g. [1]: FLAIR of LGG's 3)
     intensity: str | None = None  # None: "scale255" for 8-bit arrays, "minmax" for files
     augment: str = "flip"  # none | flip | light | strong (measured: flips win at 28 px)
     class_weights: bool = True

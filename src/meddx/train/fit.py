@@ -66,8 +66,10 @@ def build_preprocessing(ds: Dataset, cfg: TrainConfig) -> Any:
     if ndim not in spec.dims:
         raise ConfigError(f"model '{cfg.model}' has no {ndim}D variant; the data are {ndim}D ({ds.source})")
     size = cfg.image_size or min(max(native), spec.default_size[ndim])
+    if cfg.select_channels:
+        channels = len(cfg.select_channels)
     return Preprocessing(spatial_ndim=ndim, image_size=size, channels=cfg.channels or channels,
-                         intensity=cfg.intensity or default_intensity(ds))
+                         intensity=cfg.intensity or default_intensity(ds), select_channels=cfg.select_channels)
 
 
 def encode_labels(ds: Dataset) -> np.ndarray:

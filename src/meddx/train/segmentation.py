@@ -327,7 +327,10 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     size -= size % 2 ** depth if size >= 2 ** depth else 0
     size = max(size, 2 ** depth)
     intensity = cfg.intensity or "minmax"
-    prep = Preprocessing(spatial_ndim=ndim, image_size=size, channels=cfg.channels or channels, intensity=intensity)
+    if cfg.select_channels:
+        channels = len(cfg.select_channels)
+    prep = Preprocessing(spatial_ndim=ndim, image_size=size, channels=cfg.channels or channels, intensity=intensity,
+                         select_channels=cfg.select_channels)
     patch = tuple([size] * ndim)
     batch = cfg.batch_size if ndim == 2 else max(1, min(cfg.batch_size, 2))
     axes = _flip_axes(cfg.augment, ndim)

@@ -500,18 +500,21 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 class Preprocessing(Transform):
     """Everything between a read `Image` (or raw array) and the model: one call, one config.
 
-    Steps: check dimensionality/NaNs -> optional foreground crop -> optional resampling to
+    Steps: check dimensionality/NaNs -> optional channel selection (`select_channels`, e.g. [1] keeps
+    only the FLAIR of a pre/FLAIR/post MR stack) -> optional foreground crop -> optional resampling to
     `spacing` (Images with known spacing only: raw arrays and plain PNGs are not resampled)
     -> intensity (at native resolution) -> resize to `image_size` (`fit`: "stretch", or keep
     the aspect ratio and centre "pad" with the minimum / "crop") -> `channels`.
     Output float32 of shape (*image_size, channels).
     """
 
-    _config_keys = ("spatial_ndim", "image_size", "channels", "intensity", "spacing", "crop", "fit", "order")
+    _config_keys = ("spatial_ndim", "image_size", "channels", "intensity", "spacing", "crop", "fit", "order",
+                    "select_channels")
 
     def __init__(self, spatial_ndim: int = 2, image_size: int | Sequence[int] = 28, channels: int = 1,
                  intensity: str | None = "minmax", spacing: float | Sequence[float] | None = None,
-                 crop: str | None = None, fit: str = "stretch", order: int = 1, version: int = 1):
+                 crop: str | None = None, fit: str = "stretch", order: int = 1,
+                 select_channels: Sequence[int] | None = None, version: int = 1):
         if int(spatial_ndim) not in (2, 3):
             raise ConfigError(f"spatial_ndim must be 2 or 3, got {spatial_ndim}")
         self.spatial_ndim = int(spatial_ndim)
@@ -528,6 +531,9 @@ class Preprocessing(Transform):
             raise ConfigError(f"fit must be one of {', '.join(FIT_CHOICES)}, got {fit!r}")
         self.fit = fit
         self.order = int(order)
+        self.select_channels = None if select_channels is None else [int(c) for c in select_channels]
+        if self.select_channels is not None and (not self.select_channels or min(self.select_channels) < 0):
+            raise ConfigError(f"select_channels must be channel indices >= 0, got {select_channels}")
         del version  # format version of the config; only 1 exists
         self._intensity = _parse_intensity(self.intensity)
         self._crop = ForegroundCrop(spatial_ndim=self.spatial_ndim) if crop == "foreground" else None
@@ -593,8 +599,10 @@ class Preprocessing(Transform):
         return arr, None, None
 
     def __call__(self, x: Any) -> np.ndarray:
-        arr, spacing, _ = self._check(x)
+        arr, spacing, src = self._check(x)
         n = self.spatial_ndim
+        if self.select_channels is not None:
+            arr = self._select(arr, src)
         if self._crop is not None:
             arr = arr[self._crop.bbox(arr)]
         if self._resample is not None and spacing is not None:
@@ -605,6 +613,13 @@ class Preprocessing(Transform):
         arr = self._fit(arr)
         arr = self._channels(arr)
         return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def _select(self, arr: np.ndarray, src: str | None) -> np.ndarray:
+        """Keep only the `select_channels` of the channel axis (an index past the end is an error)."""
+        have = arr.shape[-1]
+        if max(self.select_channels) >= have:  # type: ignore[arg-type]
+            raise InputError(f"select_channels {self.select_channels} but the image has {have} channel(s)", src)
+        return arr[..., self.select_channels]
 
     def _fit(self, arr: np.ndarray) -> np.ndarray:
         """Resize to image_size: stretched, or aspect kept and centre padded ("pad") / cropped ("crop")."""
