@@ -78,6 +78,19 @@ def test_crf_improves_f1_over_thresholding() -> None:
     assert [len(m) for m in marg] == [len(p) for p in pte[:3]]
 
 
+def test_crf_prior_threshold_without_position_features() -> None:
+    """Balanced decision rule (marginal >= training lesion rate), no position features: still beats thresholding."""
+    ptr, ytr = _noisy_sequences(60, seed=0)
+    pte, yte = _noisy_sequences(40, seed=1)
+    raw = sequence_f1(yte, [(p >= 0.5).astype(int) for p in pte])
+    crf = CRFSmoother(c1=0.1, c2=0.1, threshold="prior", position=False).fit(ptr, ytr)
+    assert crf.threshold_ == pytest.approx(np.concatenate(ytr).mean())
+    assert sequence_f1(yte, crf.predict(pte)) > raw + 0.05
+    assert "pos" not in frame_features([0.1, 0.9], position=False)[0] and "pos" in frame_features([0.1, 0.9])[0]
+    with pytest.raises(ValueError):
+        CRFSmoother(threshold="median")
+
+
 def test_input_checks_and_features() -> None:
     with pytest.raises(RuntimeError):
         HMMSmoother().predict([np.array([0.2, 0.8])])

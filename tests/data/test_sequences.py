@@ -138,3 +138,17 @@ def test_make_windows_and_stack_adjacent() -> None:
     s = stack_adjacent(seqs[0], context=1)
     assert s.shape == (8, 2, 2, 3)
     assert s[0, 0, 0].tolist() == [0, 0, 1] and s[5, 0, 0].tolist() == [4, 5, 6] and s[7, 0, 0].tolist() == [6, 7, 7]
+
+
+def test_normalise_stack_is_per_stack_and_scale_free() -> None:
+    from meddx.data.sequences import normalise_stack
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.1, 0.6, size=(4, 8, 8, 3)).astype("float32")
+    a[:, :2] = 0.0  # background
+    z = normalise_stack(a)
+    assert z.shape == a.shape and np.isfinite(z).all()
+    fg = a[..., 1] > 0.05
+    assert abs(float(np.median(z[..., 1][fg]))) < 1e-5 and abs(float(z[..., 1][fg].std()) - 1) < 1e-4
+    np.testing.assert_allclose(normalise_stack(a * 1.5 + 0.0), z, atol=1e-4)  # same scan at another gain
+    assert normalise_stack(a[..., 0]).shape == (4, 8, 8)

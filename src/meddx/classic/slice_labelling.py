@@ -220,9 +220,12 @@ class HMMSmoother:
         return [self.hmm_.predict_proba(self._obs(p))[:, 1] for p in _as_list(prob_seqs)]
 
 
-def frame_features(probs: Sequence[float] | np.ndarray, context: int = 2) -> list[dict[str, float]]:
+def frame_features(probs: Sequence[float] | np.ndarray, context: int = 2,
+                   position: bool = True) -> list[dict[str, float]]:
     """CRF features of each frame: p, logit(p), neighbours' p at offsets +-1..context (0 past the ends),
-    local mean/max, p relative to the sequence (p / max, rank in [0, 1], logit z-scored within the sequence), relative position in [0, 1] and its square, and begin/end flags."""
+    local mean/max, p relative to the sequence (p / max, rank in [0, 1], logit z-scored within the sequence),
+    and with `position` the relative position in [0, 1], its square and begin/end flags (with few training
+    studies position mostly teaches "lesions are mid-volume", which shifts held-out runs)."""
     p = np.asarray(probs, dtype=np.float64).ravel()
     t = p.size
     z = _logit(p)
@@ -243,6 +246,9 @@ def frame_features(probs: Sequence[float] | np.ndarray, context: int = 2) -> lis
         f["p_over_max"] = p[i] / pmax
         f["rank"] = float(rank[i])
         f["z_seq"] = float((z[i] - zmu) / zsd) / 2.0
+        if not position:
+            feats.append(f)
+            continue
         pos = i / (t - 1) if t > 1 else 0.5
         f["pos"] = pos
         f["pos2"] = (pos - 0.5) ** 2
@@ -257,11 +263,17 @@ class CRFSmoother:
 
     `threshold=None` decodes with Viterbi; a number labels a frame positive when its marginal lesion
     probability reaches it -- the CRF is trained by likelihood with no class weights, so with ~30%
-    positive frames and weak evidence Viterbi says "no lesion" far too often (see `tune_crf`)."""
+    positive frames and weak evidence Viterbi says "no lesion" far too often (see `tune_crf`).
+    `threshold="prior"` uses the training frames' lesion rate pi: marginal >= pi is the balanced
+    (prior-corrected) decision rule, the same one a class-balanced classifier applies at 0.5, and
+    needs no tuning. `position=False` drops the position features (see `frame_features`)."""
 
     def __init__(self, c1: float = 0.05, c2: float = 0.05, max_iterations: int = 200, context: int = 2,
-                 threshold: float | None = None):
+                 threshold: float | str | None = None, position: bool = True):
+        if isinstance(threshold, str) and threshold != "prior":
+            raise ValueError(f"threshold must be None, a number or 'prior', got {threshold!r}")
         self.threshold = threshold
+        self.position = position
         self.c1 = c1
         self.c2 = c2
         self.max_iterations = max_iterations
@@ -274,9 +286,13 @@ class CRFSmoother:
         labs = _check_labels(probs, label_seqs)
         crf = sklearn_crfsuite.CRF(algorithm="lbfgs", c1=self.c1, c2=self.c2, max_iterations=self.max_iterations,
                                    all_possible_transitions=True)
-        crf.fit([frame_features(p, self.context) for p in probs], [[str(v) for v in y] for y in labs])
+        crf.fit(self._features(probs), [[str(v) for v in y] for y in labs])
         self.crf_ = crf
+        self.threshold_ = float(np.concatenate(labs).mean()) if self.threshold == "prior" else self.threshold
         return self
+
+    def _features(self, probs: list[np.ndarray]) -> list[list[dict[str, float]]]:
+        return [frame_features(p, self.context, self.position) for p in probs]
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "crf_"):
@@ -285,15 +301,15 @@ class CRFSmoother:
     def predict(self, prob_seqs: Sequence[Any]) -> list[np.ndarray]:
         """0/1 label sequence of every sequence: Viterbi, or marginals >= `threshold` when one is set."""
         self._check_fitted()
-        if self.threshold is not None:
-            return [(m >= self.threshold).astype(np.int64) for m in self.predict_proba(prob_seqs)]
-        out = self.crf_.predict([frame_features(p, self.context) for p in _as_list(prob_seqs)])
+        if self.threshold_ is not None:
+            return [(m >= self.threshold_).astype(np.int64) for m in self.predict_proba(prob_seqs)]
+        out = self.crf_.predict(self._features(_as_list(prob_seqs)))
         return [np.asarray([int(v) for v in y], np.int64) for y in out]
 
     def predict_proba(self, prob_seqs: Sequence[Any]) -> list[np.ndarray]:
         """Marginal probability of the lesion label per frame."""
         self._check_fitted()
-        marg = self.crf_.predict_marginals([frame_features(p, self.context) for p in _as_list(prob_seqs)])
+        marg = self.crf_.predict_marginals(self._features(_as_list(prob_seqs)))
         return [np.asarray([m.get("1", 0.0) for m in seq]) for seq in marg]
 
 

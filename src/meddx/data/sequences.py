@@ -24,6 +24,7 @@ from meddx.errors import DataError, InputError
 __all__ = [
     "FrameSequence", "SAMPLING_MODES", "slice_number", "list_slice_files", "sample_frames", "load_sequence",
     "pad_sequences", "load_lgg_sequences", "make_windows", "stack_adjacent", "DEFAULT_LGG_ROOT",
+    "normalise_stack",
 ]
 
 SAMPLING_MODES = ("all", "uniform")
@@ -286,3 +287,20 @@ def stack_adjacent(frames: np.ndarray, context: int = 1) -> np.ndarray:
     t = a.shape[0]
     parts = [a[np.clip(np.arange(t) + k, 0, t - 1)] for k in range(-context, context + 1)]
     return np.concatenate(parts, axis=-1)
+
+
+def normalise_stack(frames: np.ndarray, ref_channel: int = 1, threshold: float = 0.05) -> np.ndarray:
+    """Z-score every channel of a (T, H, W[, C]) stack against the whole stack's foreground voxels.
+
+    Foreground = `ref_channel` (FLAIR for LGG; the only channel for grey frames) above `threshold`.
+    Why: MRI intensities are arbitrary per scan, so "brighter than this patient's brain" is the lesion
+    cue a per-frame encoder can share across patients. Uses no labels (safe on held-out studies).
+    """
+    a = np.asarray(frames, dtype=np.float32)
+    x = a[..., None] if a.ndim == 3 else a
+    fg = x[..., min(ref_channel, x.shape[-1] - 1)] > threshold
+    out = np.empty_like(x)
+    for c in range(x.shape[-1]):
+        vals = x[..., c][fg] if fg.any() else x[..., c].ravel()
+        out[..., c] = (x[..., c] - float(np.median(vals))) / (float(vals.std()) or 1.0)
+    return out.reshape(a.shape)
