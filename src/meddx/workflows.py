@@ -393,9 +393,20 @@ def _dicom_outputs(study: dict[str, Any], out: Path, log: Log) -> dict[str, Any]
 
 # -- demo ------------------------------------------------------------------------------
 
+# The demo's cnn: 16-32-64 filters, strided stem, one pooling -> a 16x16 Grad-CAM grid at 64 px (an 8x8 grid caps
+# the exact pointing game near 0.6 on these 5-10 px lesions) and a global-max-pooling head. Fast: ~3 min on 2 cores.
+DEMO_MODEL: dict[str, Any] = {"filters": [16, 32, 64], "pools": 1, "pooling": "max"}
+# The same without the strided stem: a 32x32 Grad-CAM grid. About 4x the compute; measured on the demo data with
+# 40 epochs: test AUC 0.989, exact pointing game 0.943 (DEMO_MODEL, 30 epochs: 0.985 / 0.739).
+FINE_CAM_MODEL: dict[str, Any] = {**DEMO_MODEL, "strided_stem": False}
+
+
 def run_demo(out: str | Path = "meddx-demo", data: str | Path | None = None, n: int = 1200, size: int = 64,
-             epochs: int | None = None, minutes: float = 3.0, seed: int = 0, log: Log = print) -> dict[str, Any]:
-    """The whole pipeline on built-in synthetic lesion slices (or `data`): train, evaluate, predict, report."""
+             epochs: int | None = None, minutes: float = 3.0, seed: int = 0, log: Log = print,
+             model_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole pipeline on built-in synthetic lesion slices (or `data`): train, evaluate, predict, report.
+
+    `model_options` replaces DEMO_MODEL for the synthetic data (e.g. FINE_CAM_MODEL for sharper heatmaps)."""
     from meddx.data.datasets import load_dataset, load_manifest
     from meddx.data.synthetic import CLASS_NAMES, write_synthetic_folder
     from meddx.train.config import TrainConfig
@@ -413,9 +424,7 @@ def run_demo(out: str | Path = "meddx-demo", data: str | Path | None = None, n: 
         data_path = Path(data)
         ds = load_dataset(data_path)
         log(f"[1/5] using {data_path}")
-    # synthetic demo: a small 16-32-64 cnn with one pooling (16x16 'features' grid at 64 px instead of 8x8, where
-    # bilinear-upsampled Grad-CAM peaks can only sit on 64 cell centres) and a global-max-pooling head
-    demo_model = {"filters": [16, 32, 64], "pools": 1, "pooling": "max"}
+    demo_model = model_options or DEMO_MODEL
     cfg = TrainConfig(epochs=epochs or 30, max_minutes=minutes, seed=seed, patience=8,
                       image_size=size if data is None else None, model_options=demo_model if data is None else None)
     log("[2/5] training")

