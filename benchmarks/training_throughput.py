@@ -2,12 +2,14 @@
 
 For the default 2D model (`cnn`) at 28 px and 64 px and the default 3D model (`cnn`) at 28^3:
 - meddx:     `meddx.train.fit.make_tf_dataset` with the default flip augmentation
-             (`Augmenter.from_preset("flip")`), balanced class weights, and the same compile
-             as `train()` (AdamW + cosine decay, BCE from logits, jit_compile False);
+             (`Augmenter.from_preset("flip")`), balanced class weights precomputed as per-case sample
+             weights in the dataset (what `train()` does), and the same compile as `train()` (AdamW +
+             cosine decay, BCE from logits, jit_compile False);
 - reference: the same architecture and compile fed NumPy arrays with plain
              `model.fit(x, y, batch_size=64)` (the framework's ceiling on this machine);
-- diagnostic row (2D only, to save time): the same pipeline with the flip done as a TF graph op
-  instead of `tf.numpy_function`, i.e. the candidate speed fix for `Augmenter.as_tf_function`.
+- diagnostic row (2D only, to save time): meddx's earlier path, the same pipeline without the
+  weights but with Keras's `class_weight=` (a per-batch lookup inside `fit`). An earlier diagnostic
+  (flip as a TF graph op instead of `tf.numpy_function`) was slower than the numpy flip and was dropped.
 images/s is the median over the timed epochs (the first epoch of every fit call is a warm-up
 and not counted); the variants run interleaved, round by round. GFLOP/s = images/s x training
 FLOPs per image (3 x forward, forward = 2 x MACs of conv/dense layers counted from layer
@@ -106,31 +108,13 @@ class EpochTimer:
         return _Timer()
 
 
-def _tf_flip_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int, ndim: int) -> Any:
-    """Diagnostic: make_tf_dataset's pipeline with the random horizontal flip as a graph op (no numpy_function)."""
-    import tensorflow as tf
-
-    axis = ndim  # batch axis 0, spatial 1..ndim: x (last spatial) is axis ndim
-    gen = tf.random.Generator.from_seed(seed)
-
-    def flip(a: Any, b: Any) -> Any:
-        n = tf.shape(a)[0]
-        hit = gen.uniform([n]) < 0.5
-        hit = tf.reshape(hit, [-1] + [1] * (ndim + 1))
-        return tf.where(hit, tf.reverse(a, axis=[axis]), a), b
-
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch)
-    return ds.map(flip, num_parallel_calls=1, deterministic=True).prefetch(tf.data.AUTOTUNE)
-
-
 def bench_config(name: str, shape: tuple[int, ...], n: int, rounds: int, epochs_per_fit: int,
                  diagnose: bool) -> list[dict[str, Any]]:
     """Interleaved rounds of every variant on one input shape; one row per variant."""
     import keras
 
     from meddx.models.registry import build_model
-    from meddx.train.fit import class_weight_dict, make_tf_dataset
+    from meddx.train.fit import class_sample_weights, class_weight_dict, make_tf_dataset
     from meddx.transforms.augment import Augmenter
 
     ndim = len(shape) - 1
@@ -145,12 +129,14 @@ def bench_config(name: str, shape: tuple[int, ...], n: int, rounds: int, epochs_
     variants: dict[str, dict[str, Any]] = {
         REF: {"fit": lambda m, e: m.fit(x, y, batch_size=BATCH, epochs=e, verbose=0,
                                                                    shuffle=True, callbacks=[timers[REF]])},
-        "meddx: make_tf_dataset+flip+cw": {
-            "data": make_tf_dataset(x, y, BATCH, 0, Augmenter.from_preset("flip", ndim, seed=0)),
-            "cw": cw},
+        "meddx: make_tf_dataset+flip+weights": {
+            "data": make_tf_dataset(x, y, BATCH, 0, Augmenter.from_preset("flip", ndim, seed=0),
+                                    sample_weight=class_sample_weights(y, "binary")),
+            "cw": None},
     }
     if diagnose:
-        variants["diag: tf.data, TF-op flip, cw"] = {"data": _tf_flip_dataset(x, y, BATCH, 0, ndim), "cw": cw}
+        variants["diag: old path, Keras class_weight"] = {
+            "data": make_tf_dataset(x, y, BATCH, 0, Augmenter.from_preset("flip", ndim, seed=0)), "cw": cw}
 
     models: dict[str, Any] = {}
     timers: dict[str, Any] = {}

@@ -110,3 +110,20 @@ def test_multilabel_and_multiclass_heads(tmp_path):
                  log=lambda s: None)
     assert info["task"] == "multiclass" and len(info["class_names"]) == 3
     assert len(info["val_metrics"]["per_class"]) == 3
+
+
+def test_class_balancing_rides_in_the_dataset_as_sample_weights() -> None:
+    """Balanced weights n / (k n_c) per case, delivered as the dataset's third element, augmentation untouched."""
+    from meddx.train.fit import class_sample_weights, make_tf_dataset
+    from meddx.transforms.augment import Augmenter
+
+    y = np.array([0, 0, 0, 1], np.float32).reshape(-1, 1)
+    w = class_sample_weights(y, "binary")
+    np.testing.assert_allclose(w, [4 / 6, 4 / 6, 4 / 6, 2.0])
+    assert class_sample_weights(np.zeros((4, 3)), "multilabel") is None
+    x = np.arange(4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8, 1)
+    batch = next(iter(make_tf_dataset(x, y, 4, 0, Augmenter.from_preset("flip", 2, seed=0), sample_weight=w)))
+    xb, yb, wb = (t.numpy() for t in batch)
+    for i in range(4):  # each weight still belongs to its own case after shuffling
+        assert wb[i] == pytest.approx(2.0 if yb[i, 0] == 1 else 4 / 6)
+    assert sorted(xb.sum(axis=(1, 2, 3))) == pytest.approx(sorted(x.sum(axis=(1, 2, 3))))
