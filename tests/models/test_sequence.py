@@ -82,21 +82,87 @@ def test_frame_importance_rejects_non_sequence_model() -> None:
         frame_importance(model, np.zeros((1, 16, 16, 16, 1), "float32"))
 
 
+def test_pretrained_frame_encoder_loads_by_name_and_freezes() -> None:
+    from meddx.models.sequence import load_frame_encoder, pretrain_frame_encoder
+
+    rng = np.random.default_rng(0)
+    frames = rng.random((12, 16, 16, 3)).astype("float32")
+    masks = np.zeros((12, 16, 16), bool)
+    masks[:6, 4:8, 4:8] = True
+    enc = pretrain_frame_encoder(frames, masks, filters=(4, 8), epochs=1, batch_size=6)
+    assert enc.get_layer("lesion_map").output.shape[1:] == (8, 8, 1)
+    model = build_model("tcn", (5, 16, 16, 3), 2, filters=(4, 8))
+    assert load_frame_encoder(model, enc) == 4
+    for name in ("frame_conv1", "frame_bn1", "frame_conv2", "frame_bn2"):
+        layer = model.get_layer(name)
+        assert not layer.trainable
+        for a, b in zip(layer.get_weights(), enc.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="frame_conv3"):
+        load_frame_encoder(build_model("lstm", (5, 16, 16, 3), 2, filters=(4, 8, 16)), enc)
+
+
+def _lgg_windows(shared_data: Path) -> tuple:
+    from meddx.data.sequences import load_lgg_sequences, make_windows, normalise_stack
+
+    root = shared_data / "lgg"
+    if not root.is_dir():
+        pytest.skip(f"real data {root} is absent")
+    lgg = load_lgg_sequences(root, size=32)
+    frames = [normalise_stack(f) for f in lgg["frames"]]
+    w = make_windows(frames, lgg["labels"], window=6, stride=2, groups=np.arange(len(frames)))
+    return frames, lgg["masks"], w
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="KNOWN WEAK: with this tiny recipe (12 epochs, 52 studies) the heads "
-                   "do not yet beat AUC 0.7 on held-out synthetic sequences; training recipe needs tuning")
-@pytest.mark.parametrize("name", ["gru", "tcn", "transformer"])
+@pytest.mark.parametrize("name", ["lstm", "tcn", "transformer"])
+def test_heads_beat_chance_on_held_out_lgg_patients(name: str, shared_data: Path) -> None:
+    """Recipe: per-patient z-scored stacks, frame encoder pretrained on the training patients' slice masks and
+    frozen, head trained on 6-slice windows ("lesion in window"). 2-fold by patient: pooled held-out AUC > 0.65
+    (benchmarks/sequence_lgg.py measures 5-fold AUC with a patient bootstrap)."""
+    from sklearn.metrics import roc_auc_score
+
+    from meddx.models.sequence import load_frame_encoder, pretrain_frame_encoder
+
+    frames, masks, w = _lgg_windows(shared_data)
+    X, y, g = w["X"].astype("float32"), w["y"], w["groups"]
+    scores = np.zeros(len(y))
+    for held in (np.arange(0, 10, 2), np.arange(1, 10, 2)):
+        te = np.isin(g, held)
+        trp = [i for i in range(10) if i not in held]
+        enc = pretrain_frame_encoder(np.concatenate([frames[i] for i in trp]), np.concatenate([masks[i] for i in trp]),
+                                     filters=(8, 16, 32), epochs=15)
+        keras.utils.set_random_seed(0)
+        model = build_model(name, X.shape[1:], 2, filters=(8, 16, 32))
+        load_frame_encoder(model, enc)
+        model.compile(keras.optimizers.Adam(3e-3), keras.losses.BinaryCrossentropy(from_logits=True))
+        pos = float(y[~te].mean())
+        model.fit(X[~te], y[~te].astype("float32"), epochs=15, batch_size=16, verbose=0,
+                  class_weight={0: 0.5 / (1 - pos), 1: 0.5 / pos})
+        scores[te] = model.predict(X[te], verbose=0).ravel()
+    assert roc_auc_score(y, scores) > 0.65
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="KNOWN WEAK: on the synthetic sequences (distractor blobs, small lesions, "
+                   "24 px) even the LGG recipe (frame encoder pretrained on masks, frozen) stays near chance: the "
+                   "pretrained lesion map ranks lesion frames by its MAX (AUC ~0.79) but the encoder's spatial MEAN "
+                   "dilutes it (~0.58); heads 0.42-0.73 AUC on held-out studies (see benchmarks/README.md)")
+@pytest.mark.parametrize("name", ["lstm", "tcn", "transformer"])
 def test_heads_learn_synthetic_sequences(name: str) -> None:
-    """Tiny heads beat chance on held-out synthetic lesion sequences (lesion run somewhere in the stack)."""
+    """Heads with the pretrained frozen frame encoder beat AUC 0.7 on held-out synthetic lesion sequences."""
+    from sklearn.metrics import roc_auc_score
+
     from meddx.data.synthetic import make_synthetic_sequences
+    from meddx.models.sequence import load_frame_encoder, pretrain_frame_encoder
 
     data = make_synthetic_sequences(n_studies=72, n_slices=8, size=24, seed=3, min_run=2)
     x, y = data["images"][..., None], data["labels"].astype("float32")
+    enc = pretrain_frame_encoder(x[:52].reshape(-1, 24, 24, 1), data["masks"][:52].reshape(-1, 24, 24),
+                                 filters=(8, 16), epochs=15)
     keras.utils.set_random_seed(0)
     model = build_model(name, x.shape[1:], 2, filters=(8, 16))
+    load_frame_encoder(model, enc)
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.BinaryCrossentropy(from_logits=True))
     model.fit(x[:52], y[:52], epochs=12, batch_size=8, verbose=0)
-    s = model.predict(x[52:], verbose=0).ravel()
-    from sklearn.metrics import roc_auc_score
-
-    assert roc_auc_score(y[52:], s) > 0.7
+    assert roc_auc_score(y[52:], model.predict(x[52:], verbose=0).ravel()) > 0.7

@@ -32,7 +32,7 @@ from meddx.models.registry import CAM_LAYER, OUTPUT_LAYER, register
 __all__ = [
     "SEQUENCE_MODELS", "is_sequence_model", "frame_importance", "FrameMask", "ApplyFrameMask",
     "PositionalEncoding", "MaskedSoftmax", "WeightedSum", "AttentionMask", "BoolMask", "FoldTime",
-    "UnfoldTime", "SpatialMean",
+    "UnfoldTime", "SpatialMean", "build_frame_pretrainer", "pretrain_frame_encoder", "load_frame_encoder",
 ]
 
 SEQUENCE_MODELS = ("lstm", "gru", "tcn", "transformer", "cnn25d")
@@ -333,6 +333,80 @@ def build_cnn25d(input_shape: tuple[int | None, ...], units: int, dims: int = 3,
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
     return keras.Model(inputs, layers.Dense(units, name=OUTPUT_LAYER, dtype="float32")(x), name="cnn25d")
+
+
+# -- per-frame encoder pretraining --------------------------------------------------------------
+
+def _encoder_layer_names(n_stages: int) -> list[str]:
+    return [f"frame_{kind}{s}" for s in range(1, n_stages + 1) for kind in ("conv", "bn")]
+
+
+def build_frame_pretrainer(frame_shape: Sequence[int], filters: Sequence[int] = (16, 32, 64)) -> Any:
+    """2D per-slice model whose conv/BN layers carry the sequence encoder's names (`frame_conv{s}`, `frame_bn{s}`)
+    plus a 1x1-conv lesion-logit map at the last stage's resolution ("lesion_map").
+
+    Trained on single frames against (downsampled) lesion masks, it teaches the encoder *where* lesion
+    pixels are from ~10^4-10^5 labelled pixels instead of one label per study; `load_frame_encoder`
+    then copies it into a sequence model by layer name.
+    """
+    inputs = keras.Input(shape=tuple(frame_shape), name="frame")
+    x = inputs
+    for s, f in enumerate(filters, start=1):
+        x = layers.Conv2D(f, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
+                          name=f"frame_conv{s}")(x)
+        x = layers.BatchNormalization(name=f"frame_bn{s}")(x)
+        x = layers.ReLU(name=f"frame_relu{s}")(x)
+        if s < len(filters):
+            x = layers.MaxPooling2D(2, padding="same", name=f"frame_pool{s}")(x)
+    out = layers.Conv2D(1, 1, name="lesion_map", dtype="float32")(x)
+    return keras.Model(inputs, out, name="frame_pretrainer")
+
+
+def _downsample_masks(masks: np.ndarray, factor: int) -> np.ndarray:
+    """(N, H, W) 0/1 masks -> (N, ceil(H/f), ceil(W/f), 1): a cell is lesion if any pixel in it is."""
+    m = np.asarray(masks, dtype=np.float32)
+    n, h, w = m.shape
+    hp, wp = -(-h // factor) * factor, -(-w // factor) * factor
+    m = np.pad(m, ((0, 0), (0, hp - h), (0, wp - w)))
+    return m.reshape(n, hp // factor, factor, wp // factor, factor).max(axis=(2, 4))[..., None]
+
+
+def pretrain_frame_encoder(frames: np.ndarray, masks: np.ndarray, filters: Sequence[int] = (16, 32, 64),
+                           epochs: int = 15, learning_rate: float = 3e-3, batch_size: int = 32,
+                           seed: int = 0) -> Any:
+    """Train `build_frame_pretrainer` on single frames (N, H, W, C) with lesion masks (N, H, W); returns the model.
+
+    Loss: pixel-wise binary cross-entropy on the lesion map, lesion cells up-weighted by the inverse
+    lesion fraction (lesions cover a few % of the pixels). Use the TRAINING studies' frames only.
+    """
+    x = np.asarray(frames, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    target = _downsample_masks(masks, 2 ** (len(filters) - 1))
+    pos = float(np.clip(target.mean(), 1e-3, 0.5))
+    weight = np.where(target > 0, 0.5 / pos, 0.5 / (1 - pos)).astype(np.float32)
+    keras.utils.set_random_seed(seed)
+    model = build_frame_pretrainer(x.shape[1:], filters)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit(x, target, sample_weight=weight, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True)
+    return model
+
+
+def load_frame_encoder(model: Any, pretrainer: Any, freeze: bool = True) -> int:
+    """Copy the pretrained `frame_conv*`/`frame_bn*` weights into a sequence model (by name); with `freeze`
+    they stop training (frozen BN uses its moving statistics). Returns the number of layers copied."""
+    names = {layer.name for layer in pretrainer.layers}
+    n_stages = sum(1 for layer in model.layers if layer.name.startswith("frame_conv"))
+    copied = 0
+    for name in _encoder_layer_names(n_stages):
+        if name not in names:
+            raise ValueError(f"pretrained encoder has no layer {name!r} (filters differ?)")
+        dst = model.get_layer(name)
+        dst.set_weights(pretrainer.get_layer(name).get_weights())
+        dst.trainable = not freeze
+        copied += 1
+    return copied
 
 
 # -- explanation --------------------------------------------------------------------------------
