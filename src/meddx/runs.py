@@ -73,7 +73,7 @@ def load_run(path: str | Path) -> Run:
     info = read_json(p / RUN_FILE)
     from meddx.train.fit import configure_tensorflow
 
-    configure_tensorflow()
+    configure_tensorflow(inter_op=1)  # inference: measured fastest (benchmarks/threads.py)
     from meddx.models.registry import load_model
     from meddx.transforms.preprocess import Preprocessing
 
