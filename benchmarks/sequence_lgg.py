@@ -104,15 +104,18 @@ def slice_labelling(lgg: dict, seed: int = 0) -> dict:
 
 
 def _fit_head(name: str, encoder: object | None, Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray,
-              epochs: int, filters: tuple, lr: float, seed: int) -> np.ndarray:
-    """Build head `name`, load + freeze the pretrained frame encoder (when given), train, return test logits."""
+              epochs: int, filters: tuple, lr: float, seed: int, pooling: str = "avg",
+              lesion_map: bool = False) -> np.ndarray:
+    """Build head `name` (per-frame `pooling` "avg"/"max", optional pretrained lesion-map channel), load + freeze
+    the pretrained frame encoder (when given), train, return test logits."""
     import keras
 
     from meddx.models import build_model
     from meddx.models.sequence import load_frame_encoder
 
     keras.utils.set_random_seed(seed)
-    model = build_model(name, Xtr.shape[1:], 2, task="binary", filters=filters)
+    opts = {} if name == "cnn25d" else {"pooling": pooling, "lesion_map": lesion_map}
+    model = build_model(name, Xtr.shape[1:], 2, task="binary", filters=filters, **opts)
     if encoder is not None and name != "cnn25d":
         load_frame_encoder(model, encoder, freeze=True)
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=keras.losses.BinaryCrossentropy(from_logits=True))
@@ -146,7 +149,7 @@ def _summary(y: np.ndarray, s: np.ndarray, fold_aucs: list, seconds: float, grou
 
 
 def lgg_heads(lgg: dict, heads: list[str], window: int, stride: int, epochs: int, pre_epochs: int,
-              filters: tuple, lr: float, seed: int = 0) -> dict:
+              filters: tuple, lr: float, seed: int = 0, pooling: str = "avg", lesion_map: bool = False) -> dict:
     """Held-out AUC of each head on LGG windows, 5-fold by patient, frozen mask-pretrained frame encoder."""
     from sklearn.model_selection import GroupKFold
 
@@ -172,7 +175,7 @@ def lgg_heads(lgg: dict, heads: list[str], window: int, stride: int, epochs: int
         pre_secs += time.time() - t0
         for h in heads:
             t0 = time.time()
-            scores[h][te] = _fit_head(h, enc, X[tr], y[tr], X[te], epochs, filters, lr, seed)
+            scores[h][te] = _fit_head(h, enc, X[tr], y[tr], X[te], epochs, filters, lr, seed, pooling, lesion_map)
             folds[h].append(_auc(y[te], scores[h][te]))
             secs[h] += time.time() - t0
     out["pretrain_seconds"] = pre_secs
@@ -183,7 +186,7 @@ def lgg_heads(lgg: dict, heads: list[str], window: int, stride: int, epochs: int
 
 
 def synthetic_heads(heads: list[str], n_studies: int, epochs: int, pre_epochs: int, filters: tuple, lr: float,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, pooling: str = "avg", lesion_map: bool = False) -> dict:
     """Held-out AUC of each head on synthetic lesion sequences (first 70% of studies train, the rest test)."""
     from meddx.data.synthetic import make_synthetic_sequences
     from meddx.models.sequence import pretrain_frame_encoder
@@ -198,7 +201,7 @@ def synthetic_heads(heads: list[str], n_studies: int, epochs: int, pre_epochs: i
                  "chance_auc": 0.5, "pretrain_seconds": time.time() - t0}
     for h in heads:
         t0 = time.time()
-        s = _fit_head(h, enc, X[:ntr], y[:ntr], X[ntr:], epochs, filters, lr, seed)
+        s = _fit_head(h, enc, X[:ntr], y[:ntr], X[ntr:], epochs, filters, lr, seed, pooling, lesion_map)
         out[h] = _summary(y[ntr:], s, [], time.time() - t0, None)
         out[h]["auc_ci95_bootstrap"] = _patient_bootstrap_auc(y[ntr:], s, np.arange(n_studies - ntr))
         print(f"  synthetic {h}: auc {out[h]['auc']:.3f}", file=sys.stderr, flush=True)
@@ -244,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--syn-studies", type=int, default=120)
     ap.add_argument("--heads", default="lstm,gru,tcn,transformer")
+    ap.add_argument("--pooling", default="avg", choices=("avg", "max"), help="per-frame global pooling of the heads")
+    ap.add_argument("--lesion-map", action="store_true", help="keep the pretrained lesion-logit map as a frame channel")
     ap.add_argument("--skip-heads", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "sequence_lgg.json"))
     args = ap.parse_args(argv)
@@ -266,8 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         lgg = load_lgg_sequences(args.root, size=args.size)
         heads = [h for h in args.heads.split(",") if h]
         filters = (8, 16, 32)
-        lw = lgg_heads(lgg, heads, args.window, args.stride, args.epochs, args.pretrain_epochs, filters, args.lr)
-        sy = synthetic_heads(heads, args.syn_studies, args.epochs, args.pretrain_epochs, (8, 16), args.lr)
+        opts = {"pooling": args.pooling, "lesion_map": args.lesion_map}
+        lw = lgg_heads(lgg, heads, args.window, args.stride, args.epochs, args.pretrain_epochs, filters, args.lr, **opts)
+        sy = synthetic_heads(heads, args.syn_studies, args.epochs, args.pretrain_epochs, (8, 16), args.lr, **opts)
+        result["frame_encoder"] = opts
         result["sequence_heads"] = {"lgg_windows": lw, "synthetic": sy}
         _print_heads_table(lw, sy, heads)
     result["seconds"] = time.time() - t0
