@@ -224,3 +224,23 @@ def peak_rss_mib() -> float:
 def rss_mib() -> float | None:
     v = _status_kib("VmRSS")
     return None if v is None else v / 1024
+
+
+class EpochTimer:
+    """Keras callback collecting per-epoch wall times (perf_counter)."""
+
+    def __new__(cls) -> Any:
+        import keras
+
+        class _Timer(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.times: list[float] = []
+
+            def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+                self._t = time.perf_counter()
+
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                self.times.append(time.perf_counter() - self._t)
+
+        return _Timer()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, machine_info, median, parser, print_header, table, write_results  # noqa: E402
+from _common import SHARED_DATA, EpochTimer, machine_info, median, parser, print_header, table, write_results  # noqa: E402
 
 CANDIDATES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("cnn (default)", "cnn", None),
@@ -33,26 +33,6 @@ CANDIDATES: list[tuple[str, str, dict[str, Any] | None]] = [
 ]
 
 
-class EpochClock:
-    """Keras callback factory recording per-epoch wall seconds."""
-
-    def __new__(cls) -> Any:
-        import keras
-
-        class _Clock(keras.callbacks.Callback):
-            def __init__(self) -> None:
-                super().__init__()
-                self.times: list[float] = []
-
-            def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-                self._t = time.perf_counter()
-
-            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                self.times.append(time.perf_counter() - self._t)
-
-        return _Clock()
-
-
 def accuracy_per_second(data: Path, epochs: int, minutes_budget: float, work: Path) -> list[dict[str, Any]]:
     """Train each candidate (<= `epochs`, <= `minutes_budget`) with the default recipe; val AUC, images/s, ..."""
     from meddx.train.config import TrainConfig
@@ -60,7 +40,7 @@ def accuracy_per_second(data: Path, epochs: int, minutes_budget: float, work: Pa
 
     rows = []
     for label, model, options in CANDIDATES:
-        clock = EpochClock()
+        clock = EpochTimer()
         t0 = time.perf_counter()
         info = train(str(data), work / label.replace(" ", "_").replace(",", ""),
                      TrainConfig(model=model, epochs=epochs, model_options=options, seed=0,
@@ -107,7 +87,7 @@ def compile_options(sizes: list[int], rounds: int, n: int) -> list[dict[str, Any
             models[name], clocks[name] = m, []
         for _ in range(rounds):
             for name, m in models.items():
-                clock = EpochClock()
+                clock = EpochTimer()
                 m.fit(data, epochs=2, verbose=0, callbacks=[clock])
                 clocks[name].append(clock.times[-1])  # the second epoch: compiled and warm
         ref = None

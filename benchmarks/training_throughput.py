@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, median, parser, print_header, table, write_results  # noqa: E402
+from _common import EpochTimer, machine_info, median, parser, print_header, table, write_results  # noqa: E402
 
 BATCH = 64  # TrainConfig().batch_size
 
@@ -86,26 +86,6 @@ def compile_like_train(model: Any, steps_per_epoch: int, epochs: int) -> None:
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
     model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(from_logits=True),
                   jit_compile=cfg.jit_compile)
-
-
-class EpochTimer:
-    """Keras callback collecting per-epoch wall times (perf_counter)."""
-
-    def __new__(cls) -> Any:
-        import keras
-
-        class _Timer(keras.callbacks.Callback):
-            def __init__(self) -> None:
-                super().__init__()
-                self.times: list[float] = []
-
-            def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-                self._t = time.perf_counter()
-
-            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                self.times.append(time.perf_counter() - self._t)
-
-        return _Timer()
 
 
 def bench_config(name: str, shape: tuple[int, ...], n: int, rounds: int, epochs_per_fit: int,

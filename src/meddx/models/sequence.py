@@ -221,6 +221,19 @@ def _check_pooling(pooling: str) -> str:
     return pooling
 
 
+
+def _frame_conv_stages(x: Any, filters: Sequence[int]) -> Any:
+    """conv-BN-ReLU stages (max-pooled between them) named frame_conv/bn/relu/pool{s}: the per-frame encoder
+    and its pretrainer share these names, which is how `load_frame_encoder` copies weights across."""
+    for s, f in enumerate(filters, start=1):
+        x = layers.Conv2D(f, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
+                          name=f"frame_conv{s}")(x)
+        x = layers.BatchNormalization(name=f"frame_bn{s}")(x)
+        x = layers.ReLU(name=f"frame_relu{s}")(x)
+        if s < len(filters):
+            x = layers.MaxPooling2D(2, padding="same", name=f"frame_pool{s}")(x)
+    return x
+
 def _frame_encoder(inputs: Any, filters: Sequence[int], dropout: float, pooling: str = "avg",
                    lesion_map: bool = False) -> Any:
     """Per-frame 2D CNN (conv-BN-ReLU stages, max-pool between) shared over time -> (N, T, F).
@@ -233,13 +246,7 @@ def _frame_encoder(inputs: Any, filters: Sequence[int], dropout: float, pooling:
     per-frame detector's score (its max, with max pooling) instead of having to rediscover the readout.
     """
     x = FoldTime(name="fold_time")(inputs)
-    for s, f in enumerate(filters, start=1):
-        x = layers.Conv2D(f, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
-                          name=f"frame_conv{s}")(x)
-        x = layers.BatchNormalization(name=f"frame_bn{s}")(x)
-        x = layers.ReLU(name=f"frame_relu{s}")(x)
-        if s < len(filters):
-            x = layers.MaxPooling2D(2, padding="same", name=f"frame_pool{s}")(x)
+    x = _frame_conv_stages(x, filters)
     if lesion_map:
         score = layers.Conv2D(1, 1, name=LESION_MAP_LAYER)(x)
         x = layers.Concatenate(name="frame_features_and_map")([x, score])
@@ -402,13 +409,7 @@ def build_frame_pretrainer(frame_shape: Sequence[int], filters: Sequence[int] = 
     """
     inputs = keras.Input(shape=tuple(frame_shape), name="frame")
     x = inputs
-    for s, f in enumerate(filters, start=1):
-        x = layers.Conv2D(f, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
-                          name=f"frame_conv{s}")(x)
-        x = layers.BatchNormalization(name=f"frame_bn{s}")(x)
-        x = layers.ReLU(name=f"frame_relu{s}")(x)
-        if s < len(filters):
-            x = layers.MaxPooling2D(2, padding="same", name=f"frame_pool{s}")(x)
+    x = _frame_conv_stages(x, filters)
     out = layers.Conv2D(1, 1, name="lesion_map", dtype="float32")(x)
     return keras.Model(inputs, out, name="frame_pretrainer")
 
