@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from meddx.errors import ConfigError, DataError, InputError
-from meddx.utils import atomic_write_json, atomic_write_text, read_json
+from meddx.errors import DataError, InputError
+from meddx.utils import atomic_write_json, atomic_write_text
 
 Log = Callable[[str], None]
 
