@@ -391,13 +391,14 @@ def occlusion(model: Any, x: Any, class_index: int | Sequence[int] | None = None
             fill = np.full(img.shape[-1], float(baseline), dtype=np.float32)
         else:
             raise ConfigError(f"occlusion baseline must be 'blur', 'mean', 'zero' or a number, got {baseline!r}")
+        fill = np.broadcast_to(fill, img.shape)  # a full image: every baseline is then cut by the window
         total = np.zeros(spatial, dtype=np.float64)
         count = np.zeros(spatial, dtype=np.float64)
         for sl in _batches(len(windows), batch_size):
             chunk = windows[sl]
             batch = np.repeat(img[None], len(chunk), axis=0)
             for j, win in enumerate(chunk):
-                batch[(j, *win)] = fill[win] if baseline == "blur" else fill
+                batch[(j, *win)] = fill[win]
             drop = ref - scores(batch, cls_i)
             for j, win in enumerate(chunk):
                 total[win] += drop[j]

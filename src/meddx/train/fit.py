@@ -60,6 +60,11 @@ def default_intensity(ds: Dataset) -> str:
     return "minmax"
 
 
+def model_channels(cfg: TrainConfig, data_channels: int) -> int:
+    """Channels the model sees: `cfg.channels`, else the selected channels, else the data's."""
+    return cfg.channels or (len(cfg.select_channels) if cfg.select_channels else data_channels)
+
+
 def build_preprocessing(ds: Dataset, cfg: TrainConfig) -> Any:
     """Preprocessing chosen from the data and the model's registry entry."""
     from meddx.models.registry import model_spec
@@ -70,9 +75,7 @@ def build_preprocessing(ds: Dataset, cfg: TrainConfig) -> Any:
     if ndim not in spec.dims:
         raise ConfigError(f"model '{cfg.model}' has no {ndim}D variant; the data are {ndim}D ({ds.source})")
     size = cfg.image_size or min(max(native), spec.default_size[ndim])
-    if cfg.select_channels:
-        channels = len(cfg.select_channels)
-    return Preprocessing(spatial_ndim=ndim, image_size=size, channels=cfg.channels or channels,
+    return Preprocessing(spatial_ndim=ndim, image_size=size, channels=model_channels(cfg, channels),
                          intensity=cfg.intensity or default_intensity(ds), select_channels=cfg.select_channels)
 
 

@@ -194,11 +194,9 @@ AFFINE_2D = {"light": (10.0, 0.1), "strong": (20.0, 0.2)}  # preset -> (max degr
 
 def _random_affine_2d(ab: Any, degrees: float, zoom: float, size: tuple[int, int]) -> Any:
     """Rotate and zoom one (H, W, C) tensor about its centre (bilinear, zeros outside)."""
-    import math as _m
-
     import tensorflow as tf
 
-    theta = tf.random.uniform((), -degrees, degrees) * _m.pi / 180.0
+    theta = tf.random.uniform((), -degrees, degrees) * math.pi / 180.0
     scale = tf.random.uniform((), 1.0 - zoom, 1.0 + zoom)
     h, w = float(size[0]), float(size[1])
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
@@ -300,7 +298,7 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     run_dir = Path(out)
     resuming = _check_run_dir(run_dir, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from meddx.train.fit import _read_history, configure_tensorflow, write_run_folder
+    from meddx.train.fit import _read_history, configure_tensorflow, model_channels, write_run_folder
 
     configure_tensorflow(cfg.threads, cfg.seed)
     import keras
@@ -327,9 +325,7 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     size -= size % 2 ** depth if size >= 2 ** depth else 0
     size = max(size, 2 ** depth)
     intensity = cfg.intensity or "minmax"
-    if cfg.select_channels:
-        channels = len(cfg.select_channels)
-    prep = Preprocessing(spatial_ndim=ndim, image_size=size, channels=cfg.channels or channels, intensity=intensity,
+    prep = Preprocessing(spatial_ndim=ndim, image_size=size, channels=model_channels(cfg, channels), intensity=intensity,
                          select_channels=cfg.select_channels)
     patch = tuple([size] * ndim)
     batch = cfg.batch_size if ndim == 2 else max(1, min(cfg.batch_size, 2))

@@ -477,8 +477,8 @@ def _parse_intensity(spec: str | None) -> Transform | None:
             return None
         if kind == "minmax":
             return MinMax(_tuple(arg.split(","), 2, "minmax percentiles")) if arg else MinMax()
-        if kind == "zscore" and set(filter(None, arg.split(","))) <= {"nonzero", "channel"}:
-            opts = set(arg.split(","))
+        opts = set(filter(None, arg.split(",")))
+        if kind == "zscore" and opts <= {"nonzero", "channel"}:
             return ZScore(nonzero="nonzero" in opts, channel_wise="channel" in opts)
         if kind == "scale255" and not arg:
             return ScaleIntensity(1.0 / 255.0)
