@@ -27,6 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from meddx.data.sequences import zscore_against
+
 __all__ = ["HMMSmoother", "CRFSmoother", "lesion_runs", "lesion_extent", "frame_features", "sequence_f1",
            "slice_feature_matrix", "hyperintensity_features", "tune_crf", "lesion_pixel_features",
            "PixelLesionScorer", "out_of_fold_slice_features"]
@@ -406,12 +408,6 @@ def tune_crf(prob_seqs: Sequence[Any], label_seqs: Sequence[Any], c1s: Sequence[
     return out
 
 
-def _stack_zscore(x: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Intensities z-scored against the whole stack's brain voxels (median / sd): per-study normalisation."""
-    vals = x[brain] if brain.any() else x.ravel()
-    return (x - float(np.median(vals))) / (float(vals.std()) or 1.0)
-
-
 def lesion_pixel_features(frames: np.ndarray, brain_channel: int = 1, brain_threshold: float = 0.05,
                           sigmas: Sequence[float] = (0.0, 1.0, 2.0, 4.0)) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel features (T, H, W, F) of a (T, H, W[, C]) stack, and its brain mask (T, H, W).
@@ -430,7 +426,7 @@ def lesion_pixel_features(frames: np.ndarray, brain_channel: int = 1, brain_thre
     brain = a[..., brain_channel] > brain_threshold
     fs: list[np.ndarray] = []
     for ch in range(c):
-        z = _stack_zscore(a[..., ch], brain)
+        z = zscore_against(a[..., ch], brain)  # per-study normalisation
         for s in sigmas:
             zs = ndi.gaussian_filter(z, (0, s, s)) if s else z
             fs.append(zs)

@@ -301,6 +301,11 @@ def normalise_stack(frames: np.ndarray, ref_channel: int = 1, threshold: float =
     fg = x[..., min(ref_channel, x.shape[-1] - 1)] > threshold
     out = np.empty_like(x)
     for c in range(x.shape[-1]):
-        vals = x[..., c][fg] if fg.any() else x[..., c].ravel()
-        out[..., c] = (x[..., c] - float(np.median(vals))) / (float(vals.std()) or 1.0)
+        out[..., c] = zscore_against(x[..., c], fg)
     return out.reshape(a.shape)
+
+
+def zscore_against(x: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """`x` minus the median, over the sd, of its `foreground` voxels (all voxels when there are none)."""
+    vals = x[foreground] if foreground.any() else x.ravel()
+    return (x - float(np.median(vals))) / (float(vals.std()) or 1.0)
