@@ -6,6 +6,11 @@ predictor (Dice on lesion slices = 0) and an Otsu threshold of the FLAIR channel
 brain (a classical baseline). Prints a table and writes JSON.
 
     python benchmarks/segmentation_lgg.py [--out DIR] [--epochs 25] [--size 96] [--select-channels 1]
+    python benchmarks/segmentation_lgg.py --folds 5      # every patient held out once (k-fold by patient)
+
+With --folds K the 10 patients are split K ways by patient (stratified group k-fold, seed 0); each
+fold trains a fresh U-Net on the other patients (one of them held out for checkpoint selection) and
+is scored on its own held-out patients; the table pools the held-out lesion slices of all folds.
 
 Measured 2026-11-24 (shared 2-core CPU): the test patients (5396, 6188) carry abnormality that is
 barely FLAIR-hyperintense (the Otsu FLAIR reference scores Dice 0.003 on their lesion slices vs
@@ -71,63 +76,164 @@ def main(argv=None) -> int:
     ap.add_argument("--patience", type=int, default=30,
                     help="early-stopping patience in epochs (validation Dice on 2 patients is noisy: a short "
                          "patience stopped at an early, under-fitted epoch)")
+    ap.add_argument("--folds", type=int, default=0,
+                    help="k-fold by patient (every patient held out once); 0 = the default train/val/test split")
+    ap.add_argument("--kfold-val", action="store_true",
+                    help="k-fold: hold one training patient out to pick the best epoch (default: train on all the "
+                         "fold's training patients and keep the last epoch; one small-lesion patient made a noisy "
+                         "selector: fold 3 picked epoch 8 of 25, 10 false positives per image)")
+    ap.add_argument("--only-folds", default="", help="comma-separated fold numbers to run (quick experiments)")
     args = ap.parse_args(argv)
     if not LGG.is_dir():
         print(f"skip: {LGG} is absent")
         return 0
-    from meddx.data.lgg import paired_folder_dataset
-    from meddx.data.splits import assign_splits
-    from meddx.runs import load_run
     from meddx.train.config import TrainConfig
-    from meddx.train.segmentation import evaluate_segmenter, train_segmenter
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    load0 = os.getloadavg()
     cfg = TrainConfig(task="segmentation", model="unet", epochs=args.epochs, batch_size=args.batch,
                       learning_rate=args.lr, image_size=args.size, augment=args.augment, seed=args.seed,
                       select_channels=[int(c) for c in args.select_channels.split(",")], intensity=args.intensity,
                       patience=args.patience, max_minutes=args.max_minutes, test_fraction=args.test_fraction,
                       val_fraction=0.15)
+    if args.folds:
+        only = [int(k) for k in args.only_folds.split(",") if k.strip()]
+        return kfold(cfg, args, out, only)
+    return single_split(cfg, args, out)
+
+
+def _fmt(v) -> str:
+    return "   n/a" if v is None else f"{v:6.3f}"
+
+
+def _table(rows) -> None:
+    print(f"{'method':<22}{'Dice(lesion sl.)':>17}{'Dice(all)':>10}{'HD95 px':>9}{'les.sens':>9}{'FP/img':>8}")
+    for r in rows:
+        print(f"{r[0]:<22}" + "".join(f"{_fmt(v):>{w}}" for v, w in zip(r[1:], (17, 10, 9, 9, 8))))
+
+
+def _train_and_test(ds, cfg, args, run_dir: Path, eval_dir: Path):
+    """Train on ds's train split (val for checkpoint selection), score its test split; (metrics, info, seconds)."""
+    from meddx.runs import load_run
+    from meddx.train.segmentation import evaluate_segmenter, train_segmenter
+
     t0 = time.monotonic()
-    info = train_segmenter(LGG, out / "run", cfg, overwrite=True, base_filters=args.base, depth=4, verbose=0)
+    info = train_segmenter(ds, run_dir, cfg, overwrite=True, base_filters=args.base, depth=4, verbose=0,
+                           log=lambda *a, **k: None)
     t_train = time.monotonic() - t0
-    run = load_run(out / "run")
-    t1 = time.monotonic()
-    m = evaluate_segmenter(run, LGG, out / "eval", split="test")
-    t_eval = time.monotonic() - t1
+    m = evaluate_segmenter(load_run(run_dir), ds, eval_dir, split="test", log=lambda *a, **k: None)
+    return m, info, t_train
+
+
+def single_split(cfg, args, out: Path) -> int:
+    """The default patient-grouped train/val/test split (seed 0): train once, score the test patients."""
+    from meddx.data.lgg import paired_folder_dataset
+    from meddx.data.splits import assign_splits
+
+    load0 = os.getloadavg()
     ds = paired_folder_dataset(LGG)
+    m, info, t_train = _train_and_test(ds, cfg, args, out / "run", out / "eval")
     splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     test_idx = np.flatnonzero(splits == "test")
     ref = otsu_baseline(ds, test_idx)
     load1 = os.getloadavg()
-    rows = [
+    print(f"\nLGG test patients: {sorted(set(ds.patient_ids[test_idx]))}, {len(test_idx)} slices, "
+          f"{m['n_lesion_cases']} with lesion")
+    _table([
         ("unet (meddx)", m["dice_lesion_cases"], m["dice"], m["hd95"], m["lesion_sensitivity"], m["fp_per_image"]),
         ("otsu FLAIR baseline", ref["dice_lesion_cases"], ref["dice"], ref["hd95"], ref["lesion_sensitivity"],
          ref["fp_per_image"]),
         ("all background", 0.0, float(np.mean([c["truth_empty"] for c in m["per_case"]])), None, 0.0, 0.0),
-    ]
-    f = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
-    print(f"\nLGG test patients: {sorted(set(ds.patient_ids[test_idx]))}, {len(test_idx)} slices, "
-          f"{m['n_lesion_cases']} with lesion")
-    print(f"{'method':<22}{'Dice(lesion sl.)':>17}{'Dice(all)':>10}{'HD95 px':>9}{'les.sens':>9}{'FP/img':>8}")
-    for r in rows:
-        print(f"{r[0]:<22}{f(r[1]):>17}{f(r[2]):>10}{f(r[3]):>9}{f(r[4]):>9}{f(r[5]):>8}")
-    print(f"training {t_train / 60:.1f} min wall ({info['epochs_run']} epochs, best {info['best_epoch']}), "
-          f"evaluation {t_eval:.1f} s; load average before {load0[0]:.2f}, after {load1[0]:.2f} "
-          f"on {os.cpu_count()} cores")
+    ])
+    print(f"training {t_train / 60:.1f} min wall ({info['epochs_run']} epochs, best {info['best_epoch']}); "
+          f"load average before {load0[0]:.2f}, after {load1[0]:.2f} on {os.cpu_count()} cores")
     result = {"unet": {k: m[k] for k in ("dice", "dice_lesion_cases", "iou", "hd95", "asd", "lesion_sensitivity",
                                          "fp_per_image", "n", "n_lesion_cases", "units", "dice_per_patient")},
               "otsu_baseline": {k: ref[k] for k in ("dice", "dice_lesion_cases", "hd95", "lesion_sensitivity",
                                                     "fp_per_image")},
-              "train_wall_s": round(t_train, 1), "eval_wall_s": round(t_eval, 1),
-              "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
+              "train_wall_s": round(t_train, 1), "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
               "val_metrics": info["val_metrics"], "config": info["config"],
               "model_options": info["model_options"], "loadavg_before": load0, "loadavg_after": load1,
               "cpu_count": os.cpu_count(), "test_patients": sorted(set(ds.patient_ids[test_idx]))}
     (out / "segmentation_lgg.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(f"wrote {out / 'segmentation_lgg.json'}")
     return 0
+
+
+def kfold(cfg, args, out: Path, only: list[int]) -> int:
+    """Every patient held out once: per fold a fresh U-Net (one training patient held out for checkpoint
+    selection), scored on the fold's patients; lesion-slice Dice etc. pooled over all held-out slices."""
+    from dataclasses import replace
+
+    from meddx.data.lgg import paired_folder_dataset
+    from meddx.data.splits import _groups, _holdout, _strata, kfold_splits
+
+    load0 = os.getloadavg()
+    base = paired_folder_dataset(LGG)
+    cases, ref_cases, folds = [], [], []
+    for k, (tr, te) in enumerate(kfold_splits(base, k=args.folds, seed=args.seed)):
+        if only and k not in only:
+            continue
+        splits = np.full(len(base), "train", dtype="<U8")
+        splits[te] = "test"
+        if args.kfold_val:  # one training patient held out for checkpoint selection
+            splits[_holdout(_strata(base), _groups(base), tr, 1.0 / (len(set(base.patient_ids[tr]))), k)] = "val"
+        ds = replace(base, splits=splits)
+        fold_cfg = replace(cfg, val_fraction=0.15 if args.kfold_val else 0.0)
+        m, info, t_train = _train_and_test(ds, fold_cfg, args, out / f"fold{k}" / "run", out / f"fold{k}" / "eval")
+        ref = otsu_baseline(ds, te)
+        cases += m["per_case"]
+        ref_cases += [{**c, "patient_id": str(base.patient_ids[i])} for c, i in zip(ref["per_case"], te)]
+        fold = {"fold": k, "test_patients": sorted(set(base.patient_ids[te])),
+                "val_patients": sorted(set(base.patient_ids[splits == "val"])),
+                "dice_lesion_cases": m["dice_lesion_cases"], "dice": m["dice"], "hd95": m["hd95"],
+                "lesion_sensitivity": m["lesion_sensitivity"], "fp_per_image": m["fp_per_image"],
+                "dice_per_patient": m.get("dice_per_patient"), "otsu_dice_lesion_cases": ref["dice_lesion_cases"],
+                "train_wall_s": round(t_train, 1), "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
+                "val_dice_lesion": info["val_metrics"]["dice_lesion"]}  # None without --kfold-val
+        folds.append(fold)
+        print(f"fold {k}: test {fold['test_patients']} val {fold['val_patients']}: lesion-slice Dice "
+              f"{_fmt(m['dice_lesion_cases'])} (Otsu {_fmt(ref['dice_lesion_cases'])}), HD95 {_fmt(m['hd95'])} px, "
+              f"sensitivity {_fmt(m['lesion_sensitivity'])}; trained {t_train / 60:.1f} min "
+              f"({info['epochs_run']} epochs, best {info['best_epoch']}); load {os.getloadavg()[0]:.1f}", flush=True)
+    pooled, ref_pooled = _pool(cases), _pool(ref_cases)
+    load1 = os.getloadavg()
+    print(f"\nLGG {args.folds}-fold by patient, folds run {[f['fold'] for f in folds]}: {pooled['n']} held-out slices, "
+          f"{pooled['n_lesion_cases']} with lesion")
+    _table([("unet (meddx)", *[pooled[k] for k in ("dice_lesion_cases", "dice", "hd95", "lesion_sensitivity",
+                                                   "fp_per_image")]),
+            ("otsu FLAIR baseline", *[ref_pooled[k] for k in ("dice_lesion_cases", "dice", "hd95",
+                                                              "lesion_sensitivity", "fp_per_image")]),
+            ("all background", 0.0, float(np.mean([c["truth_empty"] for c in cases])), None, 0.0, 0.0)])
+    print("lesion-slice Dice per patient: " + ", ".join(f"{p[8:12]} {d:.2f}" for p, d in
+                                                        pooled["dice_lesion_per_patient"].items()))
+    print(f"training per fold: max {max(f['train_wall_s'] for f in folds) / 60:.1f} min, total "
+          f"{sum(f['train_wall_s'] for f in folds) / 60:.1f} min; load average before {load0[0]:.2f}, "
+          f"after {load1[0]:.2f} on {os.cpu_count()} cores")
+    result = {"protocol": f"{args.folds}-fold by patient", "unet": pooled, "otsu_baseline": ref_pooled,
+              "folds": folds, "config": {**cfg.to_dict(), "base_filters": args.base},
+              "loadavg_before": load0, "loadavg_after": load1, "cpu_count": os.cpu_count()}
+    name = "segmentation_lgg_kfold.json" if not only else f"segmentation_lgg_kfold_{'_'.join(map(str, only))}.json"
+    (out / name).write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print(f"wrote {out / name}")
+    return 0
+
+
+def _pool(cases: list[dict]) -> dict:
+    """Pooled held-out figures from per-case rows: means over slices, lesion counts summed."""
+    les = [c for c in cases if not c["truth_empty"]]
+    mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
+    per_patient: dict[str, list[float]] = {}
+    for c in les:
+        per_patient.setdefault(c.get("patient_id", "?"), []).append(c["dice"])
+    n_les = sum(c["n_lesions"] for c in cases)
+    return {"n": len(cases), "n_lesion_cases": len(les), "dice_lesion_cases": mean([c["dice"] for c in les]),
+            "dice": mean([c["dice"] for c in cases]),
+            "hd95": mean([c["hd95"] for c in cases if c["hd95"] is not None]),
+            "asd": mean([c["asd"] for c in cases if c["asd"] is not None]),
+            "lesion_sensitivity": sum(c["n_detected"] for c in cases) / n_les if n_les else None,
+            "fp_per_image": sum(c["n_false_positive"] for c in cases) / len(cases) if cases else None,
+            "dice_lesion_per_patient": {p: float(np.mean(v)) for p, v in sorted(per_patient.items())}}
 
 
 if __name__ == "__main__":

@@ -180,8 +180,27 @@ def test_augmentation_moves_image_and_mask_together(augment: str) -> None:
         a, b = a.numpy(), b.numpy()
         assert set(np.unique(b)) <= {0.0, 1.0}
         for i in range(len(a)):
-            img = a[i, ..., 0] > 0.5
+            ch = a[i, ..., 0]  # contrast/brightness jitter: threshold half-way between background and disc
+            img = ch > (ch.min() + ch.max()) / 2 if augment != "flip" else ch > 0.5
             agree = (img == (b[i, ..., 0] > 0.5)).mean()
             assert agree > 0.98, (augment, i, agree)
             moved += int(not any(np.array_equal(img, x[k, ..., 0] > 0.5) for k in range(6)))
     assert moved > 0  # the augmentation did something
+
+
+def test_no_validation_split_keeps_the_last_epoch(discs: Path, tmp_path: Path) -> None:
+    """val_fraction 0 (train on every non-test patient): the full schedule runs and the last epoch is kept."""
+    from meddx.runs import load_run
+    from meddx.train.segmentation import train_segmenter
+
+    cfg = TrainConfig(task="segmentation", epochs=3, batch_size=8, learning_rate=1e-2, image_size=32,
+                      patience=1, seed=1, val_fraction=0.0, test_fraction=0.2)
+    lines: list[str] = []
+    info = train_segmenter(discs, tmp_path / "run", cfg, base_filters=4, depth=2, verbose=0, log=lines.append)
+    assert info["epochs_run"] == 3 and info["best_epoch"] == 3
+    assert info["val_metrics"]["n"] == 0 and info["val_metrics"]["dice"] is None
+    assert any("keeping the last epoch" in s for s in lines)
+    splits = [r["split"] for r in csv.DictReader((tmp_path / "run" / "splits.csv").open())]
+    assert "val" not in splits and "train" in splits and "test" in splits
+    run = load_run(tmp_path / "run")
+    assert run.info["kind"] == "segmenter"

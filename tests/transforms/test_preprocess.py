@@ -23,6 +23,7 @@ from meddx.transforms.preprocess import (
     ToChannels,
     Window,
     ZScore,
+    _parse_intensity,
 )
 
 
@@ -292,3 +293,23 @@ def test_zscore_channel_normalises_each_channel_on_its_own() -> None:
     out = Preprocessing(spatial_ndim=2, image_size=20, channels=2, intensity="zscore:channel")(img)
     np.testing.assert_allclose(out.reshape(-1, 2).mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(out.reshape(-1, 2).std(0), 1, atol=1e-3)
+
+
+def test_zscore_foreground_ignores_how_the_background_was_stored(rng: np.random.Generator) -> None:
+    """The same head on an exact-zero background and on a low-noise background (both occur in LGG MR)
+    normalises to the same values with 'foreground'; 'nonzero' statistics follow the noise instead."""
+    yy, xx = np.mgrid[:64, :64]
+    head = np.where((yy - 32) ** 2 + (xx - 32) ** 2 < 22 ** 2, rng.normal(80, 10, (64, 64)), 0.0)
+    head[28:36, 28:36] = 200.0  # a bright lesion
+    noisy = np.where(head > 0, head, rng.uniform(1, 12, (64, 64)))
+    inside = head > 0
+    fg = _parse_intensity("zscore:foreground")
+    a, b = fg(head)[inside], fg(noisy)[inside]
+    np.testing.assert_allclose(a, b, atol=0.05)
+    assert abs(a.mean()) < 0.1 and abs(a.std() - 1) < 0.1
+    nz = _parse_intensity("zscore:nonzero")
+    assert np.abs(nz(head)[inside] - nz(noisy)[inside]).mean() > 0.3  # what 'foreground' fixes
+    with pytest.raises(ConfigError):
+        _parse_intensity("zscore:nonzero,foreground")
+    cfg = Preprocessing(spatial_ndim=2, image_size=32, channels=1, intensity="zscore:foreground").get_config()
+    assert "foreground" in str(cfg)

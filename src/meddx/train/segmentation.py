@@ -189,20 +189,24 @@ def _flip_axes(augment: str, ndim: int) -> list[int]:
     return list(range(ndim))
 
 
-AFFINE_2D = {"light": (10.0, 0.1), "strong": (20.0, 0.2)}  # preset -> (max degrees, max zoom fraction)
+# preset -> (max degrees, max zoom fraction, max shift as a fraction of the side, channel contrast/brightness jitter)
+AFFINE_2D = {"light": (10.0, 0.1, 0.05, 0.1), "strong": (20.0, 0.2, 0.1, 0.25)}
 
 
-def _random_affine_2d(ab: Any, degrees: float, zoom: float, size: tuple[int, int]) -> Any:
-    """Rotate and zoom one (H, W, C) tensor about its centre (bilinear, zeros outside)."""
+def _random_affine_2d(ab: Any, degrees: float, zoom: float, size: tuple[int, int], shift: float = 0.0) -> Any:
+    """Rotate, zoom and shift one (H, W, C) tensor about its centre (bilinear, zeros outside); the shift
+    keeps a network from learning where lesions usually sit in the few training patients."""
     import tensorflow as tf
 
     theta = tf.random.uniform((), -degrees, degrees) * math.pi / 180.0
     scale = tf.random.uniform((), 1.0 - zoom, 1.0 + zoom)
     h, w = float(size[0]), float(size[1])
+    ty, tx = tf.unstack(tf.random.uniform((2,), -shift, shift) * tf.constant([h, w]))
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     cos, sin = tf.cos(theta) / scale, tf.sin(theta) / scale
-    # output (x, y) -> input (a0 x + a1 y + a2, b0 x + b1 y + b2): rotation/zoom about the centre
-    transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0])
+    # output (x, y) -> input (a0 x + a1 y + a2, b0 x + b1 y + b2): rotation/zoom about the centre, then a shift
+    transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy - tx, sin, cos, cy - sin * cx - cos * cy - ty,
+                          0.0, 0.0])
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=ab[None], transforms=transform[None], output_shape=tf.constant(size, tf.int32),
         interpolation="BILINEAR", fill_mode="CONSTANT", fill_value=0.0)
@@ -227,8 +231,10 @@ def _tf_dataset_2d(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, axe
             ab = tf.cond(flip, lambda t=ab, k=ax: tf.reverse(t, [k]), lambda t=ab: t)
         if affine is None:
             return ab[..., :c], ab[..., c:]
-        ab = _random_affine_2d(ab, affine[0], affine[1], size)
-        img = ab[..., :c] * tf.random.uniform((c,), 0.9, 1.1) + tf.random.uniform((c,), -0.1, 0.1)
+        degrees, zoom, shift, jitter = affine
+        ab = _random_affine_2d(ab, degrees, zoom, size, shift)
+        img = ab[..., :c] * tf.random.uniform((c,), 1.0 - jitter, 1.0 + jitter) + tf.random.uniform(
+            (c,), -jitter, jitter)
         return img, tf.cast(ab[..., c:] > 0.5, ab.dtype)
 
     if axes or affine is not None:
@@ -313,8 +319,10 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     summary = describe(ds, splits)
     log(format_summary(summary))
     tr, va = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
-    if len(tr) == 0 or len(va) == 0:
+    if len(tr) == 0 or (len(va) == 0 and cfg.val_fraction > 0):
         raise DataError(f"need train and val cases; got {len(tr)} train / {len(va)} val", ds.source)
+    if len(va) == 0:
+        log("no validation split (val_fraction 0): training the full schedule and keeping the last epoch")
     missing = sum(ds.masks[i] is None for i in range(len(ds)))  # type: ignore[index]
     if missing:
         log(f"note: {missing} case(s) without a mask are treated as all background")
@@ -336,9 +344,9 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     masks_of = ds.masks  # type: ignore[assignment]
     if ndim == 2:
         x_tr = materialise(ds.subset(tr), prep)
-        x_va = materialise(ds.subset(va), prep)
+        x_va = materialise(ds.subset(va), prep) if len(va) else None
         y_tr = _masks_at(ds.subset(tr), patch)
-        y_va = _masks_at(ds.subset(va), patch)
+        y_va = _masks_at(ds.subset(va), patch) if len(va) else None
         steps = max(1, math.ceil(len(tr) / batch))
         train_data = _tf_dataset_2d(x_tr, y_tr[..., None].astype(np.float32), batch, cfg.seed, axes, cfg.augment)
         val_pairs = None
@@ -391,6 +399,9 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs if logs is not None else {}
+            if len(va) == 0:  # nothing to select on: the last epoch is the model
+                self.best_epoch = epoch
+                return
             d_all, d_les = val_dice()
             logs["val_dice"] = d_all
             logs["val_dice_lesion"] = d_les
@@ -414,7 +425,8 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     best = ValDice()
     callbacks = [
         best,
-        keras.callbacks.EarlyStopping(monitor="val_dice", mode="max", patience=cfg.patience, verbose=0),
+        *([keras.callbacks.EarlyStopping(monitor="val_dice", mode="max", patience=cfg.patience, verbose=0)]
+          if len(va) else []),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         TimeBudget(),
@@ -433,7 +445,7 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     final = build_model(model_name, (*patch, prep.channels), 2, task="binary", base_filters=base_filters,
                         depth=depth, dropout=min(cfg.dropout, 0.2))
     final.set_weights(model.get_weights())
-    d_all, d_les = val_dice()
+    d_all, d_les = val_dice() if len(va) else (float("nan"), float("nan"))
     info: dict[str, Any] = {
         "meddx_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -457,13 +469,14 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
         "best_epoch": int(best.best_epoch) + 1,
         "training_seconds": round(train_seconds, 1),
         "data": {"source": str(ds.source), "kind": ds.kind, "summary": summary},
-        "val_metrics": {"dice": d_all, "dice_lesion": None if math.isnan(d_les) else d_les, "n": int(len(va)),
+        "val_metrics": {"dice": None if math.isnan(d_all) else d_all,
+                        "dice_lesion": None if math.isnan(d_les) else d_les, "n": int(len(va)),
                         "resolution": "model input" if ndim == 2 else "native"},
     }
     write_run_folder(run_dir, ds, splits, final, info,
                      title=f"{model_name} segmentation on {Path(str(ds.source)).name}", log=log)
     log(f"done in {train_seconds / 60:.1f} min (best epoch {info['best_epoch']}/{info['epochs_run']}): "
-        f"validation Dice {d_all:.4f} (lesion cases {d_les:.4f})")
+        + (f"validation Dice {d_all:.4f} (lesion cases {d_les:.4f})" if len(va) else "no validation split"))
     return info
 
 

@@ -55,7 +55,8 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 
 FIT_CHOICES = ("stretch", "pad", "crop")
 INTENSITY_CHOICES = ("none", "minmax", "minmax:<lo>,<hi>", "zscore", "zscore:nonzero",
-                     "zscore:channel", "zscore:nonzero,channel", "scale255",
+                     "zscore:foreground", "zscore:channel", "zscore:nonzero,channel", "zscore:foreground,channel",
+                     "scale255",
                      "window:<preset>", "window:<center>,<width>")
 
 
@@ -256,18 +257,30 @@ class Window(Transform):
 
 @register
 class ZScore(Transform):
-    """Subtract the mean and divide by the std (over non-zero voxels if `nonzero`)."""
+    """Subtract the mean and divide by the std: over non-zero voxels if `nonzero`, or over the
+    foreground (voxels above the image's Otsu threshold) if `foreground`.
 
-    _config_keys = ("nonzero", "channel_wise", "eps")
+    `foreground` is for MR whose background is sometimes exact zeros and sometimes low noise
+    (LGG: 0-32 % zeros per patient): non-zero statistics then describe the noise, not the head,
+    and the same tissue lands at different values from patient to patient."""
 
-    def __init__(self, nonzero: bool = False, channel_wise: bool = False, eps: float = 1e-8):
+    _config_keys = ("nonzero", "channel_wise", "eps", "foreground")
+
+    def __init__(self, nonzero: bool = False, channel_wise: bool = False, eps: float = 1e-8,
+                 foreground: bool = False):
+        if nonzero and foreground:
+            raise ConfigError("zscore: choose one of 'nonzero' and 'foreground'")
         self.nonzero = bool(nonzero)
         self.channel_wise = bool(channel_wise)
         self.eps = float(eps)
+        self.foreground = bool(foreground)
 
     def _norm(self, a: np.ndarray) -> np.ndarray:
         a = a.astype(np.float64)
-        sel = a[a != 0] if self.nonzero else a
+        if self.foreground:
+            sel = a[a > _otsu_threshold(a)]
+        else:
+            sel = a[a != 0] if self.nonzero else a
         if sel.size == 0:
             return np.zeros_like(a)
         mean, std = sel.mean(), sel.std()
@@ -283,6 +296,16 @@ class ZScore(Transform):
         else:
             out = self._norm(arr)
         return like_input(x, out.astype(np.float32))
+
+
+def _otsu_threshold(a: np.ndarray) -> float:
+    """Otsu's threshold of `a` (its minimum when the image is constant or has no finite values)."""
+    from skimage.filters import threshold_otsu
+
+    finite = a[np.isfinite(a)]
+    if finite.size == 0 or finite.min() == finite.max():
+        return float(finite.min()) if finite.size else 0.0
+    return float(threshold_otsu(finite, nbins=256))
 
 
 @register
@@ -465,8 +488,8 @@ class ToChannels(Transform):
 # -- the model-input pipeline ------------------------------------------------------------------
 
 def _parse_intensity(spec: str | None) -> Transform | None:
-    """'minmax' | 'minmax:lo,hi' | 'zscore' | 'zscore:nonzero' | 'zscore:nonzero,channel' (each channel
-    on its own, e.g. multi-sequence MR) | 'scale255' | 'window:<preset>'
+    """'minmax' | 'minmax:lo,hi' | 'zscore' | 'zscore:nonzero' | 'zscore:foreground' (statistics over the
+    voxels above Otsu's threshold) | 'zscore:nonzero,channel' (each channel on its own, e.g. multi-sequence MR) | 'scale255' | 'window:<preset>'
     | 'window:<center>,<width>' | 'none' -> a transform (or None)."""
     if spec is None:
         return None
@@ -478,8 +501,8 @@ def _parse_intensity(spec: str | None) -> Transform | None:
         if kind == "minmax":
             return MinMax(_tuple(arg.split(","), 2, "minmax percentiles")) if arg else MinMax()
         opts = set(filter(None, arg.split(",")))
-        if kind == "zscore" and opts <= {"nonzero", "channel"}:
-            return ZScore(nonzero="nonzero" in opts, channel_wise="channel" in opts)
+        if kind == "zscore" and opts <= {"nonzero", "channel", "foreground"} and not {"nonzero", "foreground"} <= opts:
+            return ZScore(nonzero="nonzero" in opts, channel_wise="channel" in opts, foreground="foreground" in opts)
         if kind == "scale255" and not arg:
             return ScaleIntensity(1.0 / 255.0)
         if kind == "window" and arg:
