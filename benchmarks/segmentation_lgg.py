@@ -57,6 +57,25 @@ def otsu_baseline(ds, idx):
     return m
 
 
+def lesion_flair_contrast(ds) -> dict[str, float]:
+    """Per patient: mean over lesion slices of (lesion mean - head mean) / head sd on FLAIR, the head being
+    the voxels above the slice's Otsu threshold outside the mask -- how visible the target is on FLAIR."""
+    from skimage.filters import threshold_otsu
+
+    from meddx.io import read_image
+
+    per: dict[str, list[float]] = {}
+    for i in range(len(ds)):
+        mask = read_image(ds.masks[i]).array > 0
+        if not mask.any():
+            continue
+        flair = read_image(ds.items[i]).array[..., 1].astype(np.float64)
+        head = (flair > threshold_otsu(flair)) & ~mask
+        per.setdefault(str(ds.patient_ids[i]), []).append(
+            (flair[mask].mean() - flair[head].mean()) / max(flair[head].std(), 1e-6))
+    return {p: float(np.mean(v)) for p, v in sorted(per.items())}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "segmentation_lgg"))
@@ -205,8 +224,11 @@ def kfold(cfg, args, out: Path, only: list[int]) -> int:
             ("otsu FLAIR baseline", *[ref_pooled[k] for k in ("dice_lesion_cases", "dice", "hd95",
                                                               "lesion_sensitivity", "fp_per_image")]),
             ("all background", 0.0, float(np.mean([c["truth_empty"] for c in cases])), None, 0.0, 0.0)])
-    print("lesion-slice Dice per patient: " + ", ".join(f"{p[8:12]} {d:.2f}" for p, d in
-                                                        pooled["dice_lesion_per_patient"].items()))
+    contrast = lesion_flair_contrast(base)
+    print("per held-out patient: lesion-slice Dice (lesion FLAIR contrast, sd above the head)")
+    print("  " + ", ".join(f"{p[8:12]} {d:.2f} ({contrast[p]:+.2f})" for p, d in
+                            pooled["dice_lesion_per_patient"].items()))
+    pooled["lesion_flair_contrast"] = contrast
     print(f"training per fold: max {max(f['train_wall_s'] for f in folds) / 60:.1f} min, total "
           f"{sum(f['train_wall_s'] for f in folds) / 60:.1f} min; load average before {load0[0]:.2f}, "
           f"after {load1[0]:.2f} on {os.cpu_count()} cores")

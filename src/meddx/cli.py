@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float, dest="learning_rate")
     t.add_argument("--augment", choices=["none", "flip", "light", "strong"])
-    t.add_argument("--intensity", help="minmax | zscore | zscore:nonzero[,channel] | scale255 | window:<preset>")
+    t.add_argument("--intensity", help="minmax | zscore | zscore:nonzero[,channel] | zscore:foreground[,channel] "
+                                       "(MR with noisy backgrounds) | scale255 | window:<preset>")
     t.add_argument("--select-channels", type=lambda v: [int(c) for c in v.split(",")], metavar="I[,J..]",
                    help="keep only these input channels (0-based), e.g. 1 for the FLAIR of a pre/FLAIR/post stack")
     t.add_argument("--max-minutes", type=float, help="stop training cleanly after this many minutes")

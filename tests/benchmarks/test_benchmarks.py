@@ -32,6 +32,25 @@ def test_table_and_format() -> None:
     assert lines[3] == "| 22 | -   |"
 
 
+def test_segmentation_kfold_pooling() -> None:
+    """k-fold LGG figures pool per-slice rows: lesion-slice Dice over lesion slices only, per patient too."""
+    from segmentation_lgg import _pool
+
+    row = dict(hd95=None, asd=None, n_lesions=0, n_detected=0, n_false_positive=0)
+    cases = [{**row, "dice": 1.0, "truth_empty": True, "patient_id": "a", "n_false_positive": 1},
+             {**row, "dice": 0.8, "truth_empty": False, "patient_id": "a", "hd95": 2.0, "n_lesions": 1,
+              "n_detected": 1},
+             {**row, "dice": 0.2, "truth_empty": False, "patient_id": "b", "hd95": 4.0, "n_lesions": 2,
+              "n_detected": 0},
+             {**row, "dice": 0.5, "truth_empty": False, "patient_id": "b", "n_lesions": 1}]
+    p = _pool(cases)
+    assert p["n"] == 4 and p["n_lesion_cases"] == 3
+    assert p["dice_lesion_cases"] == pytest.approx(0.5) and p["dice"] == pytest.approx(0.625)
+    assert p["dice_lesion_per_patient"] == {"a": pytest.approx(0.8), "b": pytest.approx(0.35)}
+    assert p["hd95"] == pytest.approx(3.0) and p["lesion_sensitivity"] == pytest.approx(0.25)
+    assert p["fp_per_image"] == pytest.approx(0.25)
+
+
 def test_model_flops_counts_conv_and_dense() -> None:
     import keras
 
