@@ -107,6 +107,8 @@ def main(argv=None) -> int:
                     help="k-fold: hold one training patient out to pick the best epoch (default: train on all the "
                          "fold's training patients and keep the last epoch; one small-lesion patient made a noisy "
                          "selector: fold 3 picked epoch 8 of 25, 10 false positives per image)")
+    ap.add_argument("--pool-only", action="store_true",
+                    help="k-fold: train nothing; pool the folds already scored under --out")
     ap.add_argument("--only-folds", default="", help="comma-separated fold numbers to run (quick experiments)")
     args = ap.parse_args(argv)
     if not LGG.is_dir():
@@ -206,7 +208,16 @@ def kfold(cfg, args, out: Path, only: list[int]) -> int:
             splits[_holdout(_strata(base), _groups(base), tr, 1.0 / (len(set(base.patient_ids[tr]))), k)] = "val"
         ds = replace(base, splits=splits)
         fold_cfg = replace(cfg, val_fraction=0.15 if args.kfold_val else 0.0)
-        m, info, t_train = _train_and_test(ds, fold_cfg, args, out / f"fold{k}" / "run", out / f"fold{k}" / "eval")
+        run_dir, eval_dir = out / f"fold{k}" / "run", out / f"fold{k}" / "eval"
+        if args.pool_only:  # a fold trained and scored earlier (e.g. in another --only-folds batch)
+            if not (eval_dir / "metrics.json").is_file():
+                print(f"error: --pool-only: fold {k} has no {eval_dir / 'metrics.json'}")
+                return 1
+            m = json.loads((eval_dir / "metrics.json").read_text())
+            info = json.loads((run_dir / "run.json").read_text())
+            t_train = float(info["training_seconds"])
+        else:
+            m, info, t_train = _train_and_test(ds, fold_cfg, args, run_dir, eval_dir)
         ref = otsu_baseline(ds, te)
         cases += m["per_case"]
         ref_cases += [{**c, "patient_id": str(base.patient_ids[i])} for c, i in zip(ref["per_case"], te)]
