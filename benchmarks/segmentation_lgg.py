@@ -60,6 +60,29 @@ def otsu_baseline(ds, idx):
     return m
 
 
+def context_stack_folder(dest: Path) -> Path:
+    """LGG rewritten for 2.5D input: each slice becomes (FLAIR of slice - 1, slice, slice + 1) of its own
+    patient (edge slices repeat themselves), masks copied; written outside the repo, used in place of LGG."""
+    import shutil
+
+    from PIL import Image as PILImage
+
+    from meddx.data.lgg import find_pairs
+
+    by_patient: dict[str, list[tuple[Path, Path]]] = {}
+    for img, mask, patient in find_pairs(LGG):
+        by_patient.setdefault(patient, []).append((img, mask))
+    for patient, pairs in by_patient.items():
+        flair = [np.asarray(PILImage.open(img))[..., 1] for img, _ in pairs]  # naturally sorted = slice order
+        out = dest / patient
+        out.mkdir(parents=True, exist_ok=True)
+        for k, (img, mask) in enumerate(pairs):
+            stack = np.stack([flair[max(k - 1, 0)], flair[k], flair[min(k + 1, len(pairs) - 1)]], axis=-1)
+            PILImage.fromarray(stack).save(out / img.name)
+            shutil.copyfile(mask, out / mask.name)
+    return dest
+
+
 def lesion_flair_contrast(ds) -> dict[str, float]:
     """Per patient: mean over lesion slices of (lesion mean - head mean) / head sd on FLAIR, the head being
     the voxels above the slice's Otsu threshold outside the mask -- how visible the target is on FLAIR."""
@@ -107,6 +130,9 @@ def main(argv=None) -> int:
                     help="k-fold: hold one training patient out to pick the best epoch (default: train on all the "
                          "fold's training patients and keep the last epoch; one small-lesion patient made a noisy "
                          "selector: fold 3 picked epoch 8 of 25, 10 false positives per image)")
+    ap.add_argument("--context", action="store_true",
+                    help="2.5D: the FLAIR of the slices above and below as two more channels (use with "
+                         "--select-channels 0,1,2 --intensity zscore:foreground,channel)")
     ap.add_argument("--pool-only", action="store_true",
                     help="k-fold: train nothing; pool the folds already scored under --out")
     ap.add_argument("--only-folds", default="", help="comma-separated fold numbers to run (quick experiments)")
@@ -198,6 +224,12 @@ def kfold(cfg, args, out: Path, only: list[int]) -> int:
 
     load0 = os.getloadavg()
     base = paired_folder_dataset(LGG)
+    if args.context:  # same cases, same order, same folds; only the pixels differ
+        import tempfile
+
+        ctx = paired_folder_dataset(context_stack_folder(Path(tempfile.mkdtemp(prefix="lgg25d_"))))
+        assert [Path(p).name for p in ctx.items] == [Path(p).name for p in base.items]
+        base = replace(ctx, labels=base.labels, patient_ids=base.patient_ids)
     cases, ref_cases, folds = [], [], []
     for k, (tr, te) in enumerate(kfold_splits(base, k=args.folds, seed=args.seed)):
         if only and k not in only:

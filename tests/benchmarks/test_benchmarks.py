@@ -51,6 +51,28 @@ def test_segmentation_kfold_pooling() -> None:
     assert p["fp_per_image"] == pytest.approx(0.25)
 
 
+def test_context_stack_folder_stacks_neighbouring_flair(shared_data: Path, tmp_path: Path) -> None:
+    """2.5D LGG: channel 0/1/2 of slice k = FLAIR of slices k-1/k/k+1 of the same patient; masks unchanged."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    import segmentation_lgg
+
+    if not segmentation_lgg.LGG.is_dir():
+        pytest.skip(f"{segmentation_lgg.LGG} is absent")
+    out = segmentation_lgg.context_stack_folder(tmp_path / "ctx")
+    patient = "TCGA_CS_4941_19960909"
+    src = segmentation_lgg.LGG / patient
+    flair = lambda k: np.asarray(PILImage.open(src / f"{patient}_{k}.tif"))[..., 1]  # noqa: E731
+    stack = np.asarray(PILImage.open(out / patient / f"{patient}_10.tif"))
+    for c, k in enumerate((9, 10, 11)):
+        np.testing.assert_array_equal(stack[..., c], flair(k))
+    first = np.asarray(PILImage.open(out / patient / f"{patient}_1.tif"))
+    np.testing.assert_array_equal(first[..., 0], flair(1))  # no slice above the first: it repeats itself
+    assert (out / patient / f"{patient}_10_mask.tif").read_bytes() == (src / f"{patient}_10_mask.tif").read_bytes()
+    assert len(list(out.rglob("*_mask.tif"))) == len(list(segmentation_lgg.LGG.rglob("*_mask.tif")))
+
+
 def test_model_flops_counts_conv_and_dense() -> None:
     import keras
 
