@@ -54,10 +54,7 @@ def otsu_baseline(ds, idx):
         t2 = threshold_otsu(upper) if upper.size > 10 else t
         preds.append(postprocess_mask(flair > t2, min_size=20, keep_largest=1))
         truths.append(read_image(ds.masks[i]).array > 0)
-    m = segmentation_metrics(preds, truths)
-    les = [c["dice"] for c in m["per_case"] if not c["truth_empty"]]
-    m["dice_lesion_cases"] = float(np.mean(les)) if les else None
-    return m
+    return segmentation_metrics(preds, truths)
 
 
 def context_stack_folder(dest: Path) -> Path:
@@ -293,21 +290,15 @@ def kfold(cfg, args, out: Path, only: list[int]) -> int:
 
 
 def _pool(cases: list[dict]) -> dict:
-    """Pooled held-out figures from per-case rows: means over slices, lesion counts summed."""
-    les = [c for c in cases if not c["truth_empty"]]
-    mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
-    per_patient: dict[str, list[float]] = {}
-    for c in les:
-        per_patient.setdefault(c.get("patient_id", "?"), []).append(c["dice"])
-    n_les = sum(c["n_lesions"] for c in cases)
-    return {"n": len(cases), "n_lesion_cases": len(les), "dice_lesion_cases": mean([c["dice"] for c in les]),
-            "dice": mean([c["dice"] for c in cases]),
-            "hd95": mean([c["hd95"] for c in cases if c["hd95"] is not None]),
-            "asd": mean([c["asd"] for c in cases if c["asd"] is not None]),
-            "lesion_sensitivity": sum(c["n_detected"] for c in cases) / n_les if n_les else None,
-            "fp_per_image": sum(c["n_false_positive"] for c in cases) / len(cases) if cases else None,
-            "dice_lesion_per_patient": {p: float(np.mean(v)) for p, v in sorted(per_patient.items())}}
+    """Pooled held-out figures from per-case rows of several folds, plus lesion-slice Dice per patient."""
+    from meddx.evaluate.segmentation import summarise_cases
 
+    per_patient: dict[str, list[float]] = {}
+    for c in cases:
+        if not c["truth_empty"]:
+            per_patient.setdefault(c.get("patient_id", "?"), []).append(c["dice"])
+    return {**summarise_cases(cases),
+            "dice_lesion_per_patient": {p: float(np.mean(v)) for p, v in sorted(per_patient.items())}}
 
 if __name__ == "__main__":
     sys.exit(main())

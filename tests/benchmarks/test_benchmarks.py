@@ -36,7 +36,7 @@ def test_segmentation_kfold_pooling() -> None:
     """k-fold LGG figures pool per-slice rows: lesion-slice Dice over lesion slices only, per patient too."""
     from segmentation_lgg import _pool
 
-    row = dict(hd95=None, asd=None, n_lesions=0, n_detected=0, n_false_positive=0)
+    row = dict(iou=0.0, hd95=None, asd=None, n_lesions=0, n_detected=0, n_false_positive=0)
     cases = [{**row, "dice": 1.0, "truth_empty": True, "patient_id": "a", "n_false_positive": 1},
              {**row, "dice": 0.8, "truth_empty": False, "patient_id": "a", "hd95": 2.0, "n_lesions": 1,
               "n_detected": 1},

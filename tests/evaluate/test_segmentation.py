@@ -87,6 +87,10 @@ def test_segmentation_metrics_summary():
     json.dumps(r, allow_nan=False)
     r2 = S.segmentation_metrics([a, b], [b, b], spacings=[(1.0, 1.0), (2.0, 2.0)])
     assert r2["per_case"][0]["hd95"] == pytest.approx(3.0)
+    # lesion-case Dice averages only the cases whose truth has a lesion: the empty pair is left out
+    r3 = S.segmentation_metrics([a, z], [b, z])
+    assert r3["n_lesion_cases"] == 1 and r3["dice_lesion_cases"] == pytest.approx(0.7)
+    assert r3["dice"] == pytest.approx((0.7 + 1.0) / 2)
 
 
 def test_pointing_game_hit_miss_and_tolerance():

@@ -226,26 +226,34 @@ def segmentation_metrics(
             "n_false_positive": les["n_false_positive"],
             "spacing": None if sp is None else [float(s) for s in _spacing(sp, pm.ndim)],
         })
+    return {**summarise_cases(cases), "units": "mm" if spacings is not None else "voxels", "per_case": cases,
+            "conventions": "both masks empty: dice=iou=1, hd95=asd=0; one empty: dice=iou=0, hd95=asd=None "
+                           "(excluded from the means); hd95 = max of directed 95th percentiles"}
+
+
+def summarise_cases(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Means and pooled lesion counts over per-case rows (as `segmentation_metrics` writes them), also for
+    rows gathered from several evaluations (k-fold); `dice_lesion_cases` averages only cases with a lesion."""
+    n = len(cases)
     n_les = sum(c["n_lesions"] for c in cases)
     n_det = sum(c["n_detected"] for c in cases)
     n_fp = sum(c["n_false_positive"] for c in cases)
     dices = [c["dice"] for c in cases]
+    lesion_dices = [c["dice"] for c in cases if not c["truth_empty"]]
     return {
         "task": "segmentation",
         "n": n,
         "dice": _nanmean(dices),
+        "dice_lesion_cases": _nanmean(lesion_dices),
+        "n_lesion_cases": len(lesion_dices),
         "dice_std": float(np.std(dices)) if dices else None,
         "iou": _nanmean([c["iou"] for c in cases]),
         "hd95": _nanmean([c["hd95"] for c in cases]),
         "asd": _nanmean([c["asd"] for c in cases]),
         "n_hd95_undefined": int(sum(c["hd95"] is None for c in cases)),
-        "units": "mm" if spacings is not None else "voxels",
         "lesion_sensitivity": (n_det / n_les) if n_les else None,
         "n_lesions": int(n_les),
         "n_detected": int(n_det),
         "fp_per_image": (n_fp / n) if n else None,
         "n_false_positive": int(n_fp),
-        "per_case": cases,
-        "conventions": "both masks empty: dice=iou=1, hd95=asd=0; one empty: dice=iou=0, hd95=asd=None "
-                       "(excluded from the means); hd95 = max of directed 95th percentiles",
     }

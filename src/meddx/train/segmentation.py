@@ -610,9 +610,6 @@ def evaluate_segmenter(run: Any, data: str | Path | Dataset, out: str | Path, sp
         shown.append(img)
     known = all(s is not None for s in spacings)
     metrics = segmentation_metrics(preds, truths, spacings if known else None)
-    lesion_cases = [c for c in metrics["per_case"] if not c["truth_empty"]]
-    metrics["dice_lesion_cases"] = float(np.mean([c["dice"] for c in lesion_cases])) if lesion_cases else None
-    metrics["n_lesion_cases"] = len(lesion_cases)
     metrics["units"] = "mm" if known else "px"
     empty = [c for c in metrics["per_case"] if c["truth_empty"]]
     metrics["false_positive_rate_empty_cases"] = (
@@ -637,7 +634,7 @@ def evaluate_segmenter(run: Any, data: str | Path | Dataset, out: str | Path, sp
                   f"Dice {metrics['per_case'][k]['dice']:.2f}") for k in pick], panel)
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     log(f"{split}: n={metrics['n']}, Dice {fmt(metrics['dice'])} (lesion cases {fmt(metrics['dice_lesion_cases'])}, "
-        f"n={len(lesion_cases)}), HD95 {fmt(metrics['hd95'])} {metrics['units']}, lesion sensitivity "
+        f"n={metrics['n_lesion_cases']}), HD95 {fmt(metrics['hd95'])} {metrics['units']}, lesion sensitivity "
         f"{fmt(metrics['lesion_sensitivity'])}, FP/image {fmt(metrics['fp_per_image'])} -> {out / 'metrics.json'}")
     return metrics
 
