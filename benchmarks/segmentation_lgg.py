@@ -8,7 +8,7 @@ brain (a classical baseline). Prints a table and writes JSON.
     python benchmarks/segmentation_lgg.py [--out DIR] [--epochs 25] [--size 96] [--select-channels 1]
     python benchmarks/segmentation_lgg.py --folds 5      # every patient held out once (k-fold by patient)
 
-With --folds K the 10 patients are split K ways by patient (stratified group k-fold, seed 0); each
+With --folds K the 10 patients are split K ways by patient (stratified group k-fold, --split-seed 0); each
 fold trains a fresh U-Net on the other patients (one of them held out for checkpoint selection) and
 is scored on its own held-out patients; the table pools the held-out lesion slices of all folds.
 
@@ -111,13 +111,19 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--max-minutes", type=float, default=13.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (weights, shuffling, augmentation)")
+    ap.add_argument("--split-seed", type=int, default=0,
+                    help="k-fold: seed of the patient partition (kept apart from --seed so that training noise "
+                         "can be measured on the same folds)")
     ap.add_argument("--test-fraction", type=float, default=0.15)
     ap.add_argument("--select-channels", default="1",
                     help="input channels (0 pre-contrast, 1 FLAIR, 2 post-contrast); default FLAIR only, the "
                          "sequence the masks were drawn on (all three: 0,1,2)")
-    ap.add_argument("--intensity", default="zscore:nonzero")
+    ap.add_argument("--intensity", default="zscore:foreground")
     ap.add_argument("--augment", default="flip", choices=["none", "flip", "light", "strong"])
+    ap.add_argument("--seg-loss", default="dice_bce", choices=["dice_bce", "tversky_bce"])
+    ap.add_argument("--channel-dropout", type=float, default=0.0,
+                    help="zero one random input channel with this probability while training (multi-channel input)")
     ap.add_argument("--patience", type=int, default=30,
                     help="early-stopping patience in epochs (validation Dice on 2 patients is noisy: a short "
                          "patience stopped at an early, under-fitted epoch)")
@@ -145,7 +151,8 @@ def main(argv=None) -> int:
                       learning_rate=args.lr, image_size=args.size, augment=args.augment, seed=args.seed,
                       select_channels=[int(c) for c in args.select_channels.split(",")], intensity=args.intensity,
                       patience=args.patience, max_minutes=args.max_minutes, test_fraction=args.test_fraction,
-                      val_fraction=0.15)
+                      val_fraction=0.15, channel_dropout=args.channel_dropout,
+                      seg_loss=args.seg_loss)
     if args.folds:
         only = [int(k) for k in args.only_folds.split(",") if k.strip()]
         return kfold(cfg, args, out, only)
@@ -228,7 +235,7 @@ def kfold(cfg, args, out: Path, only: list[int]) -> int:
         assert [Path(p).name for p in ctx.items] == [Path(p).name for p in base.items]
         base = replace(ctx, labels=base.labels, patient_ids=base.patient_ids)
     cases, ref_cases, folds = [], [], []
-    for k, (tr, te) in enumerate(kfold_splits(base, k=args.folds, seed=args.seed)):
+    for k, (tr, te) in enumerate(kfold_splits(base, k=args.folds, seed=args.split_seed)):
         if only and k not in only:
             continue
         splits = np.full(len(base), "train", dtype="<U8")
@@ -280,7 +287,7 @@ def kfold(cfg, args, out: Path, only: list[int]) -> int:
           f"{sum(f['train_wall_s'] for f in folds) / 60:.1f} min; load average before {load0[0]:.2f}, "
           f"after {load1[0]:.2f} on {os.cpu_count()} cores")
     result = {"protocol": f"{args.folds}-fold by patient", "unet": pooled, "otsu_baseline": ref_pooled,
-              "folds": folds, "config": {**cfg.to_dict(), "base_filters": args.base},
+              "folds": folds, "config": {**cfg.to_dict(), "base_filters": args.base, "split_seed": args.split_seed},
               "loadavg_before": load0, "loadavg_after": load1, "cpu_count": os.cpu_count()}
     name = "segmentation_lgg_kfold.json" if not only else f"segmentation_lgg_kfold_{'_'.join(map(str, only))}.json"
     dest = Path(args.json_dir) / name

@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
                                        "(MR with noisy backgrounds) | scale255 | window:<preset>")
     t.add_argument("--select-channels", type=lambda v: [int(c) for c in v.split(",")], metavar="I[,J..]",
                    help="keep only these input channels (0-based), e.g. 1 for the FLAIR of a pre/FLAIR/post stack")
+    t.add_argument("--seg-loss", choices=["dice_bce", "tversky_bce"],
+                   help="segmentation loss: soft Dice + cross-entropy (default) or Tversky (missed lesion weighs "
+                        "0.7, false alarm 0.3) + cross-entropy")
+    t.add_argument("--channel-dropout", type=float, metavar="P",
+                   help="segmentation: zero one random input channel with probability P while training, so a "
+                        "multi-sequence model does not lean on one sequence")
     t.add_argument("--max-minutes", type=float, help="stop training cleanly after this many minutes")
     t.add_argument("--config", help="JSON or TOML file of training settings (options given here override it)")
     t.add_argument("--seed", type=int)
@@ -121,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
         cfg = cfg.updated({k: getattr(args, k) for k in ("model", "task", "epochs", "batch_size", "learning_rate",
                                                          "augment", "intensity", "max_minutes", "seed",
-                                                         "select_channels")},
+                                                         "select_channels", "channel_dropout", "seg_loss")},
                           source="command line")
         cfg = cfg.updated({"image_size": args.image_size})
         if cfg.task == "segmentation":

@@ -34,6 +34,8 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock budget; training stops cleanly when exceeded
     jit_compile: bool = False
     dropout: float = 0.3
+    channel_dropout: float = 0.0  # segmentation 2D: zero one random input channel with this probability
+    seg_loss: str = "dice_bce"  # segmentation: dice_bce | tversky_bce (Tversky weighs missed lesion 0.7, false alarm 0.3)
     threads: int | None = None  # TF intra-op threads; None = all cores
     model_options: dict[str, Any] | None = None  # extra keyword arguments for the model builder (e.g. {"pooling": "max"})
 
@@ -73,6 +75,10 @@ class TrainConfig:
             raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         if self.augment not in ("none", "flip", "light", "strong"):
             raise ConfigError(f"augment must be none, flip, light or strong, got {self.augment!r}")
+        if self.seg_loss not in ("dice_bce", "tversky_bce"):
+            raise ConfigError(f"seg_loss must be dice_bce or tversky_bce, got {self.seg_loss!r}")
+        if not 0 <= self.channel_dropout < 1:
+            raise ConfigError(f"channel_dropout must be in [0, 1), got {self.channel_dropout}")
         if self.task not in ("classification", "segmentation"):
             raise ConfigError(f"task must be classification or segmentation, got {self.task!r}")
         if self.model_options is not None and not isinstance(self.model_options, dict):

@@ -2,8 +2,8 @@
 
 2D data (slices) are resized to the training size and predictions resized back to the input's
 geometry. 3D volumes are normalised at native resolution, trained on random patches (half of
-them centred on foreground) and predicted with `sliding_window_predict`. Loss: soft Dice +
-binary cross-entropy on logits; AdamW + cosine decay; model selection on validation Dice.
+them centred on foreground) and predicted with `sliding_window_predict`. Loss: soft Dice (or
+Tversky) + binary cross-entropy on logits; AdamW + cosine decay; model selection on validation Dice.
 RUN folder: model.keras, run.json (kind "segmenter", written last), history.csv,
 training_curves.png, splits.csv, val_metrics.json.
 """
@@ -111,6 +111,24 @@ def dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
     return bce + (1.0 - ops.mean(dice))
 
 
+def tversky_bce_loss(y_true: Any, y_pred: Any, alpha: float = 0.3, beta: float = 0.7) -> Any:
+    """Soft Tversky (per sample; beta > alpha weighs missed lesion above false alarm) + binary cross-entropy."""
+    from keras import ops
+
+    y_true = ops.cast(y_true, "float32")
+    bce = ops.mean(ops.binary_crossentropy(y_true, y_pred, from_logits=True))
+    p = ops.sigmoid(y_pred)
+    axes = tuple(range(1, len(y_pred.shape)))
+    tp = ops.sum(p * y_true, axis=axes)
+    fp = ops.sum(p * (1.0 - y_true), axis=axes)
+    fn = ops.sum((1.0 - p) * y_true, axis=axes)
+    tversky = (tp + 1.0) / (tp + alpha * fp + beta * fn + 1.0)
+    return bce + (1.0 - ops.mean(tversky))
+
+
+SEGMENTATION_LOSSES = {"dice_bce": dice_bce_loss, "tversky_bce": tversky_bce_loss}
+
+
 def sliding_window_predict(model: Any, volume: np.ndarray, patch: Sequence[int], overlap: float = 0.5,
                            batch_size: int = 4) -> np.ndarray:
     """Logits over a (*spatial, C) array by averaging overlapping `patch`-sized windows.
@@ -214,14 +232,17 @@ def _random_affine_2d(ab: Any, degrees: float, zoom: float, size: tuple[int, int
 
 
 def _tf_dataset_2d(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, axes: list[int],
-                   augment: str = "flip") -> Any:
+                   augment: str = "flip", channel_dropout: float = 0.0) -> Any:
     """Shuffled batches with the same random flips (and, for light/strong, rotation + zoom) applied
-    to image and mask; light/strong also jitter each channel's contrast and brightness."""
+    to image and mask; light/strong also jitter each channel's contrast and brightness. With
+    `channel_dropout` p > 0 and several channels, one channel chosen at random is zeroed with
+    probability p, so the network cannot rely on a single sequence (e.g. contrast enhancement)."""
     import tensorflow as tf
 
     c = x.shape[-1]
     size = (int(x.shape[1]), int(x.shape[2]))
     affine = AFFINE_2D.get(augment)
+    drop_p = float(channel_dropout) if c > 1 else 0.0
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
 
     def aug(a: Any, b: Any) -> Any:
@@ -229,15 +250,20 @@ def _tf_dataset_2d(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, axe
         for ax in axes:
             flip = tf.random.uniform(()) < 0.5
             ab = tf.cond(flip, lambda t=ab, k=ax: tf.reverse(t, [k]), lambda t=ab: t)
-        if affine is None:
-            return ab[..., :c], ab[..., c:]
-        degrees, zoom, shift, jitter = affine
-        ab = _random_affine_2d(ab, degrees, zoom, size, shift)
-        img = ab[..., :c] * tf.random.uniform((c,), 1.0 - jitter, 1.0 + jitter) + tf.random.uniform(
-            (c,), -jitter, jitter)
-        return img, tf.cast(ab[..., c:] > 0.5, ab.dtype)
+        img, msk = ab[..., :c], ab[..., c:]
+        if affine is not None:
+            degrees, zoom, shift, jitter = affine
+            ab = _random_affine_2d(ab, degrees, zoom, size, shift)
+            img = ab[..., :c] * tf.random.uniform((c,), 1.0 - jitter, 1.0 + jitter) + tf.random.uniform(
+                (c,), -jitter, jitter)
+            msk = tf.cast(ab[..., c:] > 0.5, ab.dtype)
+        if drop_p > 0:
+            hit = tf.cast(tf.random.uniform(()) < drop_p, img.dtype)
+            which = tf.one_hot(tf.random.uniform((), 0, c, dtype=tf.int32), c, dtype=img.dtype)
+            img = img * (1.0 - hit * which)
+        return img, msk
 
-    if axes or affine is not None:
+    if axes or affine is not None or drop_p > 0:
         ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -321,7 +347,8 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     tr, va = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
     if len(tr) == 0 or (len(va) == 0 and cfg.val_fraction > 0):
         raise DataError(f"need train and val cases; got {len(tr)} train / {len(va)} val", ds.source)
-    if len(va) == 0:
+    selecting = len(va) > 0  # a validation split picks the best epoch; without one the last epoch is kept
+    if not selecting:
         log("no validation split (val_fraction 0): training the full schedule and keeping the last epoch")
     missing = sum(ds.masks[i] is None for i in range(len(ds)))  # type: ignore[index]
     if missing:
@@ -344,11 +371,12 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     masks_of = ds.masks  # type: ignore[assignment]
     if ndim == 2:
         x_tr = materialise(ds.subset(tr), prep)
-        x_va = materialise(ds.subset(va), prep) if len(va) else None
+        x_va = materialise(ds.subset(va), prep) if selecting else None
         y_tr = _masks_at(ds.subset(tr), patch)
-        y_va = _masks_at(ds.subset(va), patch) if len(va) else None
+        y_va = _masks_at(ds.subset(va), patch) if selecting else None
         steps = max(1, math.ceil(len(tr) / batch))
-        train_data = _tf_dataset_2d(x_tr, y_tr[..., None].astype(np.float32), batch, cfg.seed, axes, cfg.augment)
+        train_data = _tf_dataset_2d(x_tr, y_tr[..., None].astype(np.float32), batch, cfg.seed, axes, cfg.augment,
+                                    cfg.channel_dropout)
         val_pairs = None
     else:
         tr_pairs = [_read_pair(ds.items[i], masks_of[i], prep, native=True)[:2] for i in tr]
@@ -364,7 +392,7 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
                         depth=depth, dropout=min(cfg.dropout, 0.2))
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=epochs * steps, alpha=0.01)
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
-    model.compile(optimizer=optimizer, loss=dice_bce_loss, jit_compile=cfg.jit_compile)
+    model.compile(optimizer=optimizer, loss=SEGMENTATION_LOSSES[cfg.seg_loss], jit_compile=cfg.jit_compile)
 
     def val_dice() -> tuple[float, float]:
         """(pooled Dice over all val voxels -- the selection score, which an empty prediction cannot
@@ -399,7 +427,7 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs if logs is not None else {}
-            if len(va) == 0:  # nothing to select on: the last epoch is the model
+            if not selecting:  # nothing to select on: the last epoch is the model
                 self.best_epoch = epoch
                 return
             d_all, d_les = val_dice()
@@ -426,7 +454,7 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     callbacks = [
         best,
         *([keras.callbacks.EarlyStopping(monitor="val_dice", mode="max", patience=cfg.patience, verbose=0)]
-          if len(va) else []),
+          if selecting else []),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         TimeBudget(),
@@ -445,7 +473,7 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     final = build_model(model_name, (*patch, prep.channels), 2, task="binary", base_filters=base_filters,
                         depth=depth, dropout=min(cfg.dropout, 0.2))
     final.set_weights(model.get_weights())
-    d_all, d_les = val_dice() if len(va) else (float("nan"), float("nan"))
+    d_all, d_les = val_dice() if selecting else (float("nan"), float("nan"))
     info: dict[str, Any] = {
         "meddx_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -476,7 +504,7 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     write_run_folder(run_dir, ds, splits, final, info,
                      title=f"{model_name} segmentation on {Path(str(ds.source)).name}", log=log)
     log(f"done in {train_seconds / 60:.1f} min (best epoch {info['best_epoch']}/{info['epochs_run']}): "
-        + (f"validation Dice {d_all:.4f} (lesion cases {d_les:.4f})" if len(va) else "no validation split"))
+        + (f"validation Dice {d_all:.4f} (lesion cases {d_les:.4f})" if selecting else "no validation split"))
     return info
 
 
