@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="segmentation loss: soft Dice + cross-entropy (default) or Tversky (missed lesion weighs "
                         "0.7, false alarm 0.3) + cross-entropy")
     t.add_argument("--channel-dropout", type=float, metavar="P",
-                   help="segmentation: zero one random input channel with probability P while training, so a "
+                   help="2D segmentation: zero one random input channel with probability P while training, so a "
                         "multi-sequence model does not lean on one sequence")
     t.add_argument("--max-minutes", type=float, help="stop training cleanly after this many minutes")
     t.add_argument("--config", help="JSON or TOML file of training settings (options given here override it)")

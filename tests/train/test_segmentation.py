@@ -233,7 +233,11 @@ def test_channel_dropout_is_validated() -> None:
     from meddx.errors import ConfigError
 
     with pytest.raises(ConfigError, match="channel_dropout"):
-        TrainConfig().updated({"channel_dropout": 1.0})
+        TrainConfig(task="segmentation").updated({"channel_dropout": 1.0})
+    with pytest.raises(ConfigError, match="segmentation only"):
+        TrainConfig().updated({"channel_dropout": 0.5})
+    with pytest.raises(ConfigError, match="seg_loss"):
+        TrainConfig(task="segmentation").updated({"seg_loss": "focal"})
 
 
 def test_tversky_loss_weighs_a_missed_lesion_above_a_false_alarm() -> None:

@@ -81,6 +81,8 @@ class TrainConfig:
             raise ConfigError(f"channel_dropout must be in [0, 1), got {self.channel_dropout}")
         if self.task not in ("classification", "segmentation"):
             raise ConfigError(f"task must be classification or segmentation, got {self.task!r}")
+        if self.task == "classification" and (self.channel_dropout or self.seg_loss != "dice_bce"):
+            raise ConfigError("channel_dropout and seg_loss apply to --task segmentation only")
         if self.model_options is not None and not isinstance(self.model_options, dict):
             raise ConfigError(f"model_options must be a table/dict of builder arguments, got {self.model_options!r}")
         if self.image_size is not None and not 8 <= self.image_size <= 1024:

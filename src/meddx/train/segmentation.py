@@ -368,6 +368,8 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     log(f"preprocessing: {ndim}D, {'size' if ndim == 2 else 'patch'} {patch}, {prep.channels} channel(s), "
         f"intensity {intensity}")
 
+    if ndim == 3 and cfg.channel_dropout:
+        raise ConfigError("channel_dropout is implemented for 2D segmentation only; this data is 3D")
     masks_of = ds.masks  # type: ignore[assignment]
     if ndim == 2:
         x_tr = materialise(ds.subset(tr), prep)
