@@ -19,6 +19,8 @@ transfer to them: lesion-slice Dice 0.04 with all 3 channels, 0.23 with FLAIR on
 Measured 2026-11-25, idle: `--folds 5 --intensity zscore:foreground` pools to 0.44 over all 69
 lesion slices (Otsu 0.33; 4.0-4.8 min per fold); per patient 0.48-0.87 where the lesion is +0.6 to
 +1.9 head sd above the head on FLAIR, 0.00-0.04 for the three patients at +0.2 sd (5396, 5397, 6188).
+Same folds, 2026-11-25: `--seed 1` 0.44; `--seg-loss tversky_bce` 0.40; `--select-channels 0,1,2
+--intensity zscore:foreground,channel --channel-dropout 0.5` 0.35 (JSON in benchmarks/results).
 """
 
 from __future__ import annotations
