@@ -102,6 +102,8 @@ def lesion_flair_contrast(ds) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
+    from meddx.train.config import SEG_LOSSES, TrainConfig
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "segmentation_lgg"),
                     help="run folders (models, per-fold evaluations; git-ignored)")
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
                          "sequence the masks were drawn on (all three: 0,1,2)")
     ap.add_argument("--intensity", default="zscore:foreground")
     ap.add_argument("--augment", default="flip", choices=["none", "flip", "light", "strong"])
-    ap.add_argument("--seg-loss", default="dice_bce", choices=["dice_bce", "tversky_bce"])
+    ap.add_argument("--seg-loss", default="dice_bce", choices=SEG_LOSSES)
     ap.add_argument("--channel-dropout", type=float, default=0.0,
                     help="zero one random input channel with this probability while training (multi-channel input)")
     ap.add_argument("--patience", type=int, default=30,
@@ -145,8 +147,6 @@ def main(argv=None) -> int:
     if not LGG.is_dir():
         print(f"skip: {LGG} is absent")
         return 0
-    from meddx.train.config import TrainConfig
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(task="segmentation", model="unet", epochs=args.epochs, batch_size=args.batch,

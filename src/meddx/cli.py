@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from meddx import __version__
+from meddx.train.config import SEG_LOSSES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
                                        "(MR with noisy backgrounds) | scale255 | window:<preset>")
     t.add_argument("--select-channels", type=lambda v: [int(c) for c in v.split(",")], metavar="I[,J..]",
                    help="keep only these input channels (0-based), e.g. 1 for the FLAIR of a pre/FLAIR/post stack")
-    t.add_argument("--seg-loss", choices=["dice_bce", "tversky_bce"],
+    t.add_argument("--seg-loss", choices=SEG_LOSSES,
                    help="segmentation loss: soft Dice + cross-entropy (default) or Tversky (missed lesion weighs "
                         "0.7, false alarm 0.3) + cross-entropy")
     t.add_argument("--channel-dropout", type=float, metavar="P",

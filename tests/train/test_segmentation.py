@@ -243,8 +243,10 @@ def test_channel_dropout_is_validated() -> None:
 def test_tversky_loss_weighs_a_missed_lesion_above_a_false_alarm() -> None:
     """Missing 32 lesion pixels costs more than claiming 32 extra ones under both losses, by far more under
     Tversky (beta 0.7 > alpha 0.3: 0.41 vs 0.13 against Dice's 0.33 vs 0.20); both ~0 when right."""
+    from meddx.train.config import SEG_LOSSES
     from meddx.train.segmentation import SEGMENTATION_LOSSES
 
+    assert tuple(SEGMENTATION_LOSSES) == SEG_LOSSES  # the names the config and CLI accept
     truth = np.zeros((1, 16, 16, 1), np.float32)
     truth[0, 4:12, 4:12] = 1.0  # 64 lesion pixels
     logit = lambda m: (m * 2 - 1) * 20.0  # noqa: E731 -- confident logits for a binary map

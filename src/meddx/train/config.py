@@ -11,6 +11,9 @@ from typing import Any
 from meddx.errors import ConfigError
 
 
+SEG_LOSSES = ("dice_bce", "tversky_bce")  # names of meddx.train.segmentation.SEGMENTATION_LOSSES
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a training run; `None` means "choose from the data" (recorded in run.json)."""
@@ -75,8 +78,8 @@ class TrainConfig:
             raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         if self.augment not in ("none", "flip", "light", "strong"):
             raise ConfigError(f"augment must be none, flip, light or strong, got {self.augment!r}")
-        if self.seg_loss not in ("dice_bce", "tversky_bce"):
-            raise ConfigError(f"seg_loss must be dice_bce or tversky_bce, got {self.seg_loss!r}")
+        if self.seg_loss not in SEG_LOSSES:
+            raise ConfigError(f"seg_loss must be {' or '.join(SEG_LOSSES)}, got {self.seg_loss!r}")
         if not 0 <= self.channel_dropout < 1:
             raise ConfigError(f"channel_dropout must be in [0, 1), got {self.channel_dropout}")
         if self.task not in ("classification", "segmentation"):

@@ -97,33 +97,37 @@ def _resize(arr: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
 
 # -- model pieces ----------------------------------------------------------------------
 
-def dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
-    """Soft Dice (per sample, smoothed) + binary cross-entropy, from logits."""
+def _bce_plus_overlap_loss(y_true: Any, y_pred: Any, overlap: Callable[..., Any]) -> Any:
+    """Binary cross-entropy from logits + (1 - mean per-sample `overlap(p, y_true, axes)`)."""
     from keras import ops
 
     y_true = ops.cast(y_true, "float32")
     bce = ops.mean(ops.binary_crossentropy(y_true, y_pred, from_logits=True))
-    p = ops.sigmoid(y_pred)
     axes = tuple(range(1, len(y_pred.shape)))
-    inter = ops.sum(p * y_true, axis=axes)
-    denom = ops.sum(p + y_true, axis=axes)
-    dice = (2.0 * inter + 1.0) / (denom + 1.0)
-    return bce + (1.0 - ops.mean(dice))
+    return bce + (1.0 - ops.mean(overlap(ops.sigmoid(y_pred), y_true, axes)))
+
+
+def dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
+    """Soft Dice (per sample, smoothed) + binary cross-entropy, from logits."""
+    from keras import ops
+
+    def dice(p: Any, t: Any, axes: tuple[int, ...]) -> Any:
+        return (2.0 * ops.sum(p * t, axis=axes) + 1.0) / (ops.sum(p + t, axis=axes) + 1.0)
+
+    return _bce_plus_overlap_loss(y_true, y_pred, dice)
 
 
 def tversky_bce_loss(y_true: Any, y_pred: Any, alpha: float = 0.3, beta: float = 0.7) -> Any:
     """Soft Tversky (per sample; beta > alpha weighs missed lesion above false alarm) + binary cross-entropy."""
     from keras import ops
 
-    y_true = ops.cast(y_true, "float32")
-    bce = ops.mean(ops.binary_crossentropy(y_true, y_pred, from_logits=True))
-    p = ops.sigmoid(y_pred)
-    axes = tuple(range(1, len(y_pred.shape)))
-    tp = ops.sum(p * y_true, axis=axes)
-    fp = ops.sum(p * (1.0 - y_true), axis=axes)
-    fn = ops.sum((1.0 - p) * y_true, axis=axes)
-    tversky = (tp + 1.0) / (tp + alpha * fp + beta * fn + 1.0)
-    return bce + (1.0 - ops.mean(tversky))
+    def tversky(p: Any, t: Any, axes: tuple[int, ...]) -> Any:
+        tp = ops.sum(p * t, axis=axes)
+        fp = ops.sum(p * (1.0 - t), axis=axes)
+        fn = ops.sum((1.0 - p) * t, axis=axes)
+        return (tp + 1.0) / (tp + alpha * fp + beta * fn + 1.0)
+
+    return _bce_plus_overlap_loss(y_true, y_pred, tversky)
 
 
 SEGMENTATION_LOSSES = {"dice_bce": dice_bce_loss, "tversky_bce": tversky_bce_loss}
