@@ -128,6 +128,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seg-loss", default="dice_bce", choices=SEG_LOSSES)
     ap.add_argument("--channel-dropout", type=float, default=0.0,
                     help="zero one random input channel with this probability while training (multi-channel input)")
+    ap.add_argument("--lesion-fade", type=float, default=0.0,
+                    help="cut a training lesion's contrast to its surroundings by 0-90 %% with this probability")
     ap.add_argument("--patience", type=int, default=30,
                     help="early-stopping patience in epochs (validation Dice on 2 patients is noisy: a short "
                          "patience stopped at an early, under-fitted epoch)")
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
                       learning_rate=args.lr, image_size=args.size, augment=args.augment, seed=args.seed,
                       select_channels=[int(c) for c in args.select_channels.split(",")], intensity=args.intensity,
                       patience=args.patience, max_minutes=args.max_minutes, test_fraction=args.test_fraction,
-                      val_fraction=0.15, channel_dropout=args.channel_dropout,
+                      val_fraction=0.15, channel_dropout=args.channel_dropout, lesion_fade=args.lesion_fade,
                       seg_loss=args.seg_loss)
     if args.folds:
         only = [int(k) for k in args.only_folds.split(",") if k.strip()]

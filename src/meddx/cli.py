@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--channel-dropout", type=float, metavar="P",
                    help="2D segmentation: zero one random input channel with probability P while training, so a "
                         "multi-sequence model does not lean on one sequence")
+    t.add_argument("--lesion-fade", type=float, metavar="P",
+                   help="2D segmentation: with probability P cut a training lesion's contrast to the tissue around "
+                        "it by 0-90 %%, so the network also learns faint lesions")
     t.add_argument("--max-minutes", type=float, help="stop training cleanly after this many minutes")
     t.add_argument("--config", help="JSON or TOML file of training settings (options given here override it)")
     t.add_argument("--seed", type=int)
@@ -128,7 +131,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
         cfg = cfg.updated({k: getattr(args, k) for k in ("model", "task", "epochs", "batch_size", "learning_rate",
                                                          "augment", "intensity", "max_minutes", "seed",
-                                                         "select_channels", "channel_dropout", "seg_loss")},
+                                                         "select_channels", "channel_dropout", "lesion_fade",
+                                                         "seg_loss")},
                           source="command line")
         cfg = cfg.updated({"image_size": args.image_size})
         if cfg.task == "segmentation":

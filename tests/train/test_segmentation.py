@@ -240,6 +240,39 @@ def test_channel_dropout_is_validated() -> None:
         TrainConfig(task="segmentation").updated({"seg_loss": "focal"})
 
 
+def test_lesion_fade_cuts_lesion_contrast_and_leaves_the_rest() -> None:
+    """lesion_fade: the lesion's mean moves part-way to the ring of tissue around it (by `amount`), its texture
+    stays, pixels well away from it and the mask are untouched; a lesion-free image is left as it was."""
+    from meddx.train.segmentation import _fade_lesion, _tf_dataset_2d
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((48, 48, 1), np.float32) - 3.0  # background
+    img[4:44, 4:44] = rng.normal(0.0, 0.1, (40, 40, 1))  # tissue around 0
+    msk = np.zeros((48, 48, 1), np.float32)
+    msk[18:30, 18:30] = 1.0
+    img[18:30, 18:30] += 2.0  # a lesion 2 above the tissue
+    contrast = lambda a: float(a[21:27, 21:27].mean() - a[4:14, 4:44].mean())  # noqa: E731 -- lesion core
+    for amount in (0.0, 0.5, 0.9):
+        out = _fade_lesion(img, msk, np.float32(amount)).numpy()
+        assert abs(contrast(out) - 2.0 * (1 - amount)) < 0.1, (amount, contrast(out))
+        assert np.allclose(out[22:26, 22:26].std(), img[22:26, 22:26].std(), atol=1e-5)  # texture kept
+        assert np.array_equal(out[:10], img[:10])  # far from the lesion: unchanged
+    assert np.array_equal(_fade_lesion(img, np.zeros_like(msk), np.float32(0.9)).numpy(), img)
+    x, y = np.repeat(img[None], 40, 0), np.repeat(msk[None], 40, 0)
+    a, b = next(iter(_tf_dataset_2d(x, y, 40, seed=0, axes=[], augment="none", lesion_fade=0.5)))
+    faded = np.array([contrast(s) < 1.95 for s in a.numpy()])
+    assert 8 <= faded.sum() <= 32 and np.array_equal(b.numpy(), y)  # about half faded; masks as given
+
+
+def test_lesion_fade_is_validated() -> None:
+    from meddx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lesion_fade"):
+        TrainConfig(task="segmentation").updated({"lesion_fade": 1.5})
+    with pytest.raises(ConfigError, match="segmentation only"):
+        TrainConfig().updated({"lesion_fade": 0.5})
+
+
 def test_tversky_loss_weighs_a_missed_lesion_above_a_false_alarm() -> None:
     """Missing 32 lesion pixels costs more than claiming 32 extra ones under both losses, by far more under
     Tversky (beta 0.7 > alpha 0.3: 0.41 vs 0.13 against Dice's 0.33 vs 0.20); both ~0 when right."""
@@ -267,7 +300,7 @@ def test_cli_records_segmentation_loss_and_channel_dropout(tmp_path: Path) -> No
     data = make_discs(tmp_path / "small", n_patients=5, per_patient=3, seed=2)
     out = tmp_path / "run"
     rc = main(["train", str(data), "--out", str(out), "--task", "segmentation", "--epochs", "1", "--image-size", "16",
-               "--seg-loss", "tversky_bce", "--channel-dropout", "0.3"])
+               "--seg-loss", "tversky_bce", "--channel-dropout", "0.3", "--lesion-fade", "0.5"])
     assert rc == 0
     cfg = json.loads((out / "run.json").read_text())["config"]
-    assert cfg["seg_loss"] == "tversky_bce" and cfg["channel_dropout"] == 0.3
+    assert cfg["seg_loss"] == "tversky_bce" and cfg["channel_dropout"] == 0.3 and cfg["lesion_fade"] == 0.5

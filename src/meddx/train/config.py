@@ -38,6 +38,7 @@ class TrainConfig:
     jit_compile: bool = False
     dropout: float = 0.3
     channel_dropout: float = 0.0  # segmentation 2D: zero one random input channel with this probability
+    lesion_fade: float = 0.0  # segmentation 2D: with this probability cut a training lesion's contrast by 0-90 %
     seg_loss: str = "dice_bce"  # segmentation: dice_bce | tversky_bce (Tversky weighs missed lesion 0.7, false alarm 0.3)
     threads: int | None = None  # TF intra-op threads; None = all cores
     model_options: dict[str, Any] | None = None  # extra keyword arguments for the model builder (e.g. {"pooling": "max"})
@@ -82,10 +83,12 @@ class TrainConfig:
             raise ConfigError(f"seg_loss must be {' or '.join(SEG_LOSSES)}, got {self.seg_loss!r}")
         if not 0 <= self.channel_dropout < 1:
             raise ConfigError(f"channel_dropout must be in [0, 1), got {self.channel_dropout}")
+        if not 0 <= self.lesion_fade <= 1:
+            raise ConfigError(f"lesion_fade must be in [0, 1], got {self.lesion_fade}")
         if self.task not in ("classification", "segmentation"):
             raise ConfigError(f"task must be classification or segmentation, got {self.task!r}")
-        if self.task == "classification" and (self.channel_dropout or self.seg_loss != "dice_bce"):
-            raise ConfigError("channel_dropout and seg_loss apply to --task segmentation only")
+        if self.task == "classification" and (self.channel_dropout or self.lesion_fade or self.seg_loss != "dice_bce"):
+            raise ConfigError("channel_dropout, lesion_fade and seg_loss apply to --task segmentation only")
         if self.model_options is not None and not isinstance(self.model_options, dict):
             raise ConfigError(f"model_options must be a table/dict of builder arguments, got {self.model_options!r}")
         if self.image_size is not None and not 8 <= self.image_size <= 1024:

@@ -235,12 +235,31 @@ def _random_affine_2d(ab: Any, degrees: float, zoom: float, size: tuple[int, int
     return out[0]
 
 
+def _fade_lesion(img: Any, msk: Any, amount: Any) -> Any:
+    """Shift the lesion's mean intensity (per channel) `amount` of the way towards the tissue in a
+    ring around it, keeping its texture and softening the edge: a faint version of a visible lesion."""
+    import tensorflow as tf
+
+    m = msk[None]
+    soft = tf.nn.avg_pool2d(m, ksize=5, strides=1, padding="SAME")[0]
+    near = tf.nn.avg_pool2d(m, ksize=15, strides=1, padding="SAME")[0]
+    tissue = img > tf.reduce_min(img, axis=[0, 1], keepdims=True) + 1e-3  # not the background
+    ring = tf.cast((near > 0) & (msk < 0.5) & tissue, img.dtype)
+    inside = tf.cast(msk > 0.5, img.dtype)
+    lesion_mean = tf.reduce_sum(img * inside, axis=[0, 1]) / tf.maximum(tf.reduce_sum(inside, axis=[0, 1]), 1.0)
+    ring_mean = tf.reduce_sum(img * ring, axis=[0, 1]) / tf.maximum(tf.reduce_sum(ring, axis=[0, 1]), 1.0)
+    has_both = tf.cast((tf.reduce_sum(inside) > 0) & (tf.reduce_sum(ring) > 0), img.dtype)
+    return img - amount * has_both * soft * (lesion_mean - ring_mean)
+
+
 def _tf_dataset_2d(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, axes: list[int],
-                   augment: str = "flip", channel_dropout: float = 0.0) -> Any:
+                   augment: str = "flip", channel_dropout: float = 0.0, lesion_fade: float = 0.0) -> Any:
     """Shuffled batches with the same random flips (and, for light/strong, rotation + zoom) applied
     to image and mask; light/strong also jitter each channel's contrast and brightness. With
     `channel_dropout` p > 0 and several channels, one channel chosen at random is zeroed with
-    probability p, so the network cannot rely on a single sequence (e.g. contrast enhancement)."""
+    probability p, so the network cannot rely on a single sequence (e.g. contrast enhancement). With
+    `lesion_fade` p > 0, the labelled lesion's contrast to its surroundings is cut by a random 0-90 %
+    with probability p, so a network trained on conspicuous lesions also sees faint ones."""
     import tensorflow as tf
 
     c = x.shape[-1]
@@ -265,9 +284,12 @@ def _tf_dataset_2d(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, axe
             hit = tf.cast(tf.random.uniform(()) < drop_p, img.dtype)
             which = tf.one_hot(tf.random.uniform((), 0, c, dtype=tf.int32), c, dtype=img.dtype)
             img = img * (1.0 - hit * which)
+        if lesion_fade > 0:
+            hit = tf.cast(tf.random.uniform(()) < lesion_fade, img.dtype)
+            img = _fade_lesion(img, msk, hit * tf.random.uniform((), 0.0, 0.9))
         return img, msk
 
-    if axes or affine is not None or drop_p > 0:
+    if axes or affine is not None or drop_p > 0 or lesion_fade > 0:
         ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -372,8 +394,8 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     log(f"preprocessing: {ndim}D, {'size' if ndim == 2 else 'patch'} {patch}, {prep.channels} channel(s), "
         f"intensity {intensity}")
 
-    if ndim == 3 and cfg.channel_dropout:
-        raise ConfigError("channel_dropout is implemented for 2D segmentation only; this data is 3D")
+    if ndim == 3 and (cfg.channel_dropout or cfg.lesion_fade):
+        raise ConfigError("channel_dropout and lesion_fade are implemented for 2D segmentation only; this data is 3D")
     masks_of = ds.masks  # type: ignore[assignment]
     if ndim == 2:
         x_tr = materialise(ds.subset(tr), prep)
@@ -382,7 +404,7 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
         y_va = _masks_at(ds.subset(va), patch) if selecting else None
         steps = max(1, math.ceil(len(tr) / batch))
         train_data = _tf_dataset_2d(x_tr, y_tr[..., None].astype(np.float32), batch, cfg.seed, axes, cfg.augment,
-                                    cfg.channel_dropout)
+                                    cfg.channel_dropout, cfg.lesion_fade)
         val_pairs = None
     else:
         tr_pairs = [_read_pair(ds.items[i], masks_of[i], prep, native=True)[:2] for i in tr]
