@@ -21,6 +21,8 @@ lesion slices (Otsu 0.33; 4.0-4.8 min per fold); per patient 0.48-0.87 where the
 +1.9 head sd above the head on FLAIR, 0.00-0.04 for the three patients at +0.2 sd (5396, 5397, 6188).
 Same folds, 2026-11-25: `--seed 1` 0.44; `--seg-loss tversky_bce` 0.40; `--select-channels 0,1,2
 --intensity zscore:foreground,channel --channel-dropout 0.5` 0.35 (JSON in benchmarks/results).
+`--size 128` 0.47 (6.8-7.8 min per fold); `--size 128 --lesion-fade 0.5` 0.54, the best measured (5396 0.04 ->
+0.27, 5397 0.11 -> 0.41; 0.35 FP per slice; 7.8-8.7 min per fold); `--lesion-fade 0.5` at 96 px 0.37.
 """
 
 from __future__ import annotations
