@@ -235,21 +235,24 @@ def _random_affine_2d(ab: Any, degrees: float, zoom: float, size: tuple[int, int
     return out[0]
 
 
+LESION_FADE_MAX = 0.9  # --lesion-fade cuts a lesion's contrast by a random fraction up to this
+
+
 def _fade_lesion(img: Any, msk: Any, amount: Any) -> Any:
     """Shift the lesion's mean intensity (per channel) `amount` of the way towards the tissue in a
     ring around it, keeping its texture and softening the edge: a faint version of a visible lesion."""
     import tensorflow as tf
 
+    def mean_over(weights: Any) -> Any:
+        return tf.reduce_sum(img * weights, axis=[0, 1]) / tf.maximum(tf.reduce_sum(weights, axis=[0, 1]), 1.0)
+
     m = msk[None]
-    soft = tf.nn.avg_pool2d(m, ksize=5, strides=1, padding="SAME")[0]
+    soft = tf.nn.avg_pool2d(m, ksize=5, strides=1, padding="SAME")[0]  # zero everywhere without a lesion
     near = tf.nn.avg_pool2d(m, ksize=15, strides=1, padding="SAME")[0]
     tissue = img > tf.reduce_min(img, axis=[0, 1], keepdims=True) + 1e-3  # not the background
     ring = tf.cast((near > 0) & (msk < 0.5) & tissue, img.dtype)
-    inside = tf.cast(msk > 0.5, img.dtype)
-    lesion_mean = tf.reduce_sum(img * inside, axis=[0, 1]) / tf.maximum(tf.reduce_sum(inside, axis=[0, 1]), 1.0)
-    ring_mean = tf.reduce_sum(img * ring, axis=[0, 1]) / tf.maximum(tf.reduce_sum(ring, axis=[0, 1]), 1.0)
-    has_both = tf.cast((tf.reduce_sum(inside) > 0) & (tf.reduce_sum(ring) > 0), img.dtype)
-    return img - amount * has_both * soft * (lesion_mean - ring_mean)
+    has_ring = tf.cast(tf.reduce_sum(ring) > 0, img.dtype)
+    return img - amount * has_ring * soft * (mean_over(tf.cast(msk > 0.5, img.dtype)) - mean_over(ring))
 
 
 def _tf_dataset_2d(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, axes: list[int],
@@ -284,9 +287,10 @@ def _tf_dataset_2d(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, axe
             hit = tf.cast(tf.random.uniform(()) < drop_p, img.dtype)
             which = tf.one_hot(tf.random.uniform((), 0, c, dtype=tf.int32), c, dtype=img.dtype)
             img = img * (1.0 - hit * which)
-        if lesion_fade > 0:
-            hit = tf.cast(tf.random.uniform(()) < lesion_fade, img.dtype)
-            img = _fade_lesion(img, msk, hit * tf.random.uniform((), 0.0, 0.9))
+        if lesion_fade > 0:  # the pooling is only paid for the images that are faded
+            img = tf.cond(tf.random.uniform(()) < lesion_fade,
+                          lambda i=img, m=msk: _fade_lesion(i, m, tf.random.uniform((), 0.0, LESION_FADE_MAX)),
+                          lambda i=img: i)
         return img, msk
 
     if axes or affine is not None or drop_p > 0 or lesion_fade > 0:
