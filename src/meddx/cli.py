@@ -43,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--select-channels", type=lambda v: [int(c) for c in v.split(",")], metavar="I[,J..]",
                    help="keep only these input channels (0-based), e.g. 1 for the FLAIR of a pre/FLAIR/post stack")
     t.add_argument("--seg-loss", choices=SEG_LOSSES,
-                   help="segmentation loss: soft Dice + cross-entropy (default) or Tversky (missed lesion weighs "
-                        "0.7, false alarm 0.3) + cross-entropy")
+                   help="segmentation loss: soft Dice per sample + cross-entropy (default); lesion_dice_bce: "
+                        "the Dice term over lesion-containing samples only, so lesion-free slices are taught by "
+                        "cross-entropy alone; or Tversky (missed lesion weighs 0.7, false alarm 0.3) + cross-entropy")
     t.add_argument("--channel-dropout", type=float, metavar="P",
                    help="2D segmentation: zero one random input channel with probability P while training, so a "
                         "multi-sequence model does not lean on one sequence")

@@ -304,3 +304,23 @@ def test_cli_records_segmentation_loss_and_channel_dropout(tmp_path: Path) -> No
     assert rc == 0
     cfg = json.loads((out / "run.json").read_text())["config"]
     assert cfg["seg_loss"] == "tversky_bce" and cfg["channel_dropout"] == 0.3 and cfg["lesion_fade"] == 0.5
+
+
+def test_lesion_dice_leaves_empty_slices_to_cross_entropy() -> None:
+    """lesion_dice_bce: 8 false pixels on a lesion-free slice cost their cross-entropy only (per-sample Dice
+    would also lose half the batch's Dice term, 1 - (1 + 1/9) / 2); a missed lesion still costs its Dice."""
+    from meddx.train.segmentation import SEGMENTATION_LOSSES
+
+    truth = np.zeros((2, 16, 16, 1), np.float32)
+    truth[0, 4:12, 4:12] = 1.0  # sample 0: 64 lesion pixels; sample 1: lesion-free
+    logit = lambda m: (m * 2 - 1) * 20.0  # noqa: E731
+    bce = lambda pred: float(np.mean(np.abs(truth - pred))) * 20.0  # noqa: E731 -- confidently wrong pixels
+    per_sample, lesion_only = SEGMENTATION_LOSSES["dice_bce"], SEGMENTATION_LOSSES["lesion_dice_bce"]
+    assert float(lesion_only(truth, logit(truth))) < 0.01 and float(lesion_only(truth * 0, logit(truth * 0))) < 0.01
+    extra = truth.copy()
+    extra[1, 0:2, 0:4] = 1.0  # 8 false pixels on the empty slice
+    assert abs(float(per_sample(truth, logit(extra))) - bce(extra) - (1 - (1 + 1 / 9) / 2)) < 0.01
+    assert abs(float(lesion_only(truth, logit(extra))) - bce(extra)) < 0.01
+    missed = truth.copy()
+    missed[0, 4:8] = 0.0  # half the lesion missed: Dice 2*32 / 96
+    assert abs(float(lesion_only(truth, logit(missed))) - bce(missed) - (1 - 65 / 97)) < 0.01

@@ -11,7 +11,7 @@ from typing import Any
 from meddx.errors import ConfigError
 
 
-SEG_LOSSES = ("dice_bce", "tversky_bce")  # names of meddx.train.segmentation.SEGMENTATION_LOSSES
+SEG_LOSSES = ("dice_bce", "lesion_dice_bce", "tversky_bce")  # names of meddx.train.segmentation.SEGMENTATION_LOSSES
 
 
 @dataclass
@@ -39,7 +39,8 @@ class TrainConfig:
     dropout: float = 0.3
     channel_dropout: float = 0.0  # segmentation 2D: zero one random input channel with this probability
     lesion_fade: float = 0.0  # segmentation 2D: with this probability cut a training lesion's contrast by 0-90 %
-    seg_loss: str = "dice_bce"  # segmentation: dice_bce | tversky_bce (Tversky weighs missed lesion 0.7, false alarm 0.3)
+    seg_loss: str = "dice_bce"  # segmentation: dice_bce | lesion_dice_bce (Dice over lesion slices only)
+    # | tversky_bce (Tversky weighs missed lesion 0.7, false alarm 0.3)
     threads: int | None = None  # TF intra-op threads; None = all cores
     model_options: dict[str, Any] | None = None  # extra keyword arguments for the model builder (e.g. {"pooling": "max"})
 

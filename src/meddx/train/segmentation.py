@@ -117,6 +117,22 @@ def dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
     return _bce_plus_overlap_loss(y_true, y_pred, dice)
 
 
+def lesion_dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
+    """Binary cross-entropy on every sample + soft Dice averaged over the samples that contain lesion only.
+
+    A lesion-free slice scores Dice 1 / (1 + sum p) per sample: with mostly empty slices that term outweighs the
+    lesions and can collapse training to all-background; here empty slices are taught by cross-entropy alone."""
+    from keras import ops
+
+    y_true = ops.cast(y_true, "float32")
+    bce = ops.mean(ops.binary_crossentropy(y_true, y_pred, from_logits=True))
+    axes = tuple(range(1, len(y_pred.shape)))
+    p = ops.sigmoid(y_pred)
+    dice = (2.0 * ops.sum(p * y_true, axis=axes) + 1.0) / (ops.sum(p + y_true, axis=axes) + 1.0)
+    has = ops.cast(ops.sum(y_true, axis=axes) > 0, "float32")
+    return bce + ops.sum((1.0 - dice) * has) / ops.maximum(ops.sum(has), 1.0)
+
+
 def tversky_bce_loss(y_true: Any, y_pred: Any, alpha: float = 0.3, beta: float = 0.7) -> Any:
     """Soft Tversky (per sample; beta > alpha weighs missed lesion above false alarm) + binary cross-entropy."""
     from keras import ops
@@ -130,7 +146,8 @@ def tversky_bce_loss(y_true: Any, y_pred: Any, alpha: float = 0.3, beta: float =
     return _bce_plus_overlap_loss(y_true, y_pred, tversky)
 
 
-SEGMENTATION_LOSSES = {"dice_bce": dice_bce_loss, "tversky_bce": tversky_bce_loss}
+SEGMENTATION_LOSSES = {"dice_bce": dice_bce_loss, "lesion_dice_bce": lesion_dice_bce_loss,
+                       "tversky_bce": tversky_bce_loss}
 
 
 def sliding_window_predict(model: Any, volume: np.ndarray, patch: Sequence[int], overlap: float = 0.5,
