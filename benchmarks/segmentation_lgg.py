@@ -23,6 +23,8 @@ Same folds, 2026-11-25: `--seed 1` 0.44; `--seg-loss tversky_bce` 0.40; `--selec
 --intensity zscore:foreground,channel --channel-dropout 0.5` 0.35 (JSON in benchmarks/results).
 `--size 128` 0.47 (6.8-7.8 min per fold); `--size 128 --lesion-fade 0.5` 0.54, the best measured (5396 0.04 ->
 0.27, 5397 0.11 -> 0.41; 0.35 FP per slice; 7.8-8.7 min per fold); `--lesion-fade 0.5` at 96 px 0.37.
+Adding `--seg-loss lesion_dice_bce` (128 px, fade 0.5): 0.59, but 1.32 FP per slice (Dice over all slices
+0.44); with `--batch 4` the default loss collapsed fold 1 to all-background.
 """
 
 from __future__ import annotations
