@@ -107,14 +107,16 @@ def _bce_plus_overlap_loss(y_true: Any, y_pred: Any, overlap: Callable[..., Any]
     return bce + (1.0 - ops.mean(overlap(ops.sigmoid(y_pred), y_true, axes)))
 
 
-def dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
-    """Soft Dice (per sample, smoothed) + binary cross-entropy, from logits."""
+def _soft_dice(p: Any, t: Any, axes: tuple[int, ...]) -> Any:
+    """Smoothed soft Dice of probabilities `p` and truth `t` over `axes` (1 for two empty maps)."""
     from keras import ops
 
-    def dice(p: Any, t: Any, axes: tuple[int, ...]) -> Any:
-        return (2.0 * ops.sum(p * t, axis=axes) + 1.0) / (ops.sum(p + t, axis=axes) + 1.0)
+    return (2.0 * ops.sum(p * t, axis=axes) + 1.0) / (ops.sum(p + t, axis=axes) + 1.0)
 
-    return _bce_plus_overlap_loss(y_true, y_pred, dice)
+
+def dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
+    """Soft Dice (per sample, smoothed) + binary cross-entropy, from logits."""
+    return _bce_plus_overlap_loss(y_true, y_pred, _soft_dice)
 
 
 def lesion_dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
@@ -127,8 +129,7 @@ def lesion_dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
     y_true = ops.cast(y_true, "float32")
     bce = ops.mean(ops.binary_crossentropy(y_true, y_pred, from_logits=True))
     axes = tuple(range(1, len(y_pred.shape)))
-    p = ops.sigmoid(y_pred)
-    dice = (2.0 * ops.sum(p * y_true, axis=axes) + 1.0) / (ops.sum(p + y_true, axis=axes) + 1.0)
+    dice = _soft_dice(ops.sigmoid(y_pred), y_true, axes)
     has = ops.cast(ops.sum(y_true, axis=axes) > 0, "float32")
     return bce + ops.sum((1.0 - dice) * has) / ops.maximum(ops.sum(has), 1.0)
 
