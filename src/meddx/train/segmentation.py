@@ -97,14 +97,19 @@ def _resize(arr: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
 
 # -- model pieces ----------------------------------------------------------------------
 
-def _bce_plus_overlap_loss(y_true: Any, y_pred: Any, overlap: Callable[..., Any]) -> Any:
-    """Binary cross-entropy from logits + (1 - mean per-sample `overlap(p, y_true, axes)`)."""
+def _bce_plus_overlap_loss(y_true: Any, y_pred: Any, overlap: Callable[..., Any], lesion_only: bool = False) -> Any:
+    """Binary cross-entropy from logits + (1 - per-sample `overlap(p, y_true, axes)`) averaged over the samples,
+    or with `lesion_only` over the samples that contain lesion (none: the overlap term is 0)."""
     from keras import ops
 
     y_true = ops.cast(y_true, "float32")
     bce = ops.mean(ops.binary_crossentropy(y_true, y_pred, from_logits=True))
     axes = tuple(range(1, len(y_pred.shape)))
-    return bce + (1.0 - ops.mean(overlap(ops.sigmoid(y_pred), y_true, axes)))
+    miss = 1.0 - overlap(ops.sigmoid(y_pred), y_true, axes)
+    if not lesion_only:
+        return bce + ops.mean(miss)
+    has = ops.cast(ops.sum(y_true, axis=axes) > 0, "float32")
+    return bce + ops.sum(miss * has) / ops.maximum(ops.sum(has), 1.0)
 
 
 def _soft_dice(p: Any, t: Any, axes: tuple[int, ...]) -> Any:
@@ -124,14 +129,7 @@ def lesion_dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
 
     A lesion-free slice scores Dice 1 / (1 + sum p) per sample: with mostly empty slices that term outweighs the
     lesions and can collapse training to all-background; here empty slices are taught by cross-entropy alone."""
-    from keras import ops
-
-    y_true = ops.cast(y_true, "float32")
-    bce = ops.mean(ops.binary_crossentropy(y_true, y_pred, from_logits=True))
-    axes = tuple(range(1, len(y_pred.shape)))
-    dice = _soft_dice(ops.sigmoid(y_pred), y_true, axes)
-    has = ops.cast(ops.sum(y_true, axis=axes) > 0, "float32")
-    return bce + ops.sum((1.0 - dice) * has) / ops.maximum(ops.sum(has), 1.0)
+    return _bce_plus_overlap_loss(y_true, y_pred, _soft_dice, lesion_only=True)
 
 
 def tversky_bce_loss(y_true: Any, y_pred: Any, alpha: float = 0.3, beta: float = 0.7) -> Any:
