@@ -116,6 +116,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--base", type=int, default=16)
+    ap.add_argument("--patch", type=int, default=None,
+                    help="train on random crops of this side of the --size images (half of the lesion slices' "
+                         "crops centred on lesion); predict whole images")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--max-minutes", type=float, default=13.0)
@@ -160,7 +163,7 @@ def main(argv=None) -> int:
                       select_channels=[int(c) for c in args.select_channels.split(",")], intensity=args.intensity,
                       patience=args.patience, max_minutes=args.max_minutes, test_fraction=args.test_fraction,
                       val_fraction=0.15, channel_dropout=args.channel_dropout, lesion_fade=args.lesion_fade,
-                      seg_loss=args.seg_loss)
+                      seg_loss=args.seg_loss, patch_size=args.patch)
     if args.folds:
         only = [int(k) for k in args.only_folds.split(",") if k.strip()]
         return kfold(cfg, args, out, only)

@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lesion-fade", type=float, metavar="P",
                    help="2D segmentation: with probability P cut a training lesion's contrast to the tissue around "
                         "it by 0-90 %%, so the network also learns faint lesions")
+    t.add_argument("--patch-size", type=int, dest="patch_size", metavar="N",
+                   help="2D segmentation: train on random NxN crops of the --image-size images (half of the "
+                        "lesion slices' crops centred on lesion) and predict whole images: full resolution for "
+                        "small lesions at the training cost of N px")
     t.add_argument("--max-minutes", type=float, help="stop training cleanly after this many minutes")
     t.add_argument("--config", help="JSON or TOML file of training settings (options given here override it)")
     t.add_argument("--seed", type=int)
@@ -133,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = cfg.updated({k: getattr(args, k) for k in ("model", "task", "epochs", "batch_size", "learning_rate",
                                                          "augment", "intensity", "max_minutes", "seed",
                                                          "select_channels", "channel_dropout", "lesion_fade",
-                                                         "seg_loss")},
+                                                         "seg_loss", "patch_size")},
                           source="command line")
         cfg = cfg.updated({"image_size": args.image_size})
         if cfg.task == "segmentation":

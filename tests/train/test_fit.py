@@ -73,6 +73,31 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     assert info["epochs_run"] == 4
 
 
+def test_interrupted_run_with_other_settings_is_not_resumed(tmp_path):
+    """An interrupted run is resumed only with the settings it started with: other ones are an error naming
+    what changed, or with overwrite a fresh start (a time budget may change)."""
+    import keras
+
+    from meddx.errors import ConfigError
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    data = make_square_npz(tmp_path / "sq.npz", n=64)
+    cfg = TrainConfig(epochs=3, batch_size=32, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, tmp_path / "run", cfg, verbose=0, log=lambda s: None, extra_callbacks=[Crash()])
+    other = cfg.updated({"learning_rate": 0.01})
+    with pytest.raises(ConfigError, match=r"cannot be resumed .*learning_rate 0.002 -> 0.01"):
+        train(data, tmp_path / "run", other, verbose=0, log=lambda s: None)
+    assert (tmp_path / "run" / "backup").is_dir()  # the refused call left the interrupted run alone
+    logs: list[str] = []
+    info = train(data, tmp_path / "run", other, overwrite=True, verbose=0, log=logs.append)
+    assert any("new run" in line for line in logs) and info["epochs_run"] == 3
+    assert info["config"]["learning_rate"] == 0.01
+
+
 def test_same_seed_same_result(tmp_path):
     data = make_square_npz(tmp_path / "sq.npz", n=64)
     a = train(data, tmp_path / "a", TrainConfig(epochs=2, batch_size=32, seed=7), verbose=0, log=lambda s: None)

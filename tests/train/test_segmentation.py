@@ -299,11 +299,13 @@ def test_cli_records_segmentation_loss_and_channel_dropout(tmp_path: Path) -> No
 
     data = make_discs(tmp_path / "small", n_patients=5, per_patient=3, seed=2)
     out = tmp_path / "run"
-    rc = main(["train", str(data), "--out", str(out), "--task", "segmentation", "--epochs", "1", "--image-size", "16",
-               "--seg-loss", "tversky_bce", "--channel-dropout", "0.3", "--lesion-fade", "0.5"])
+    rc = main(["train", str(data), "--out", str(out), "--task", "segmentation", "--epochs", "1", "--image-size", "32",
+               "--seg-loss", "tversky_bce", "--channel-dropout", "0.3", "--lesion-fade", "0.5",
+               "--patch-size", "16"])
     assert rc == 0
     cfg = json.loads((out / "run.json").read_text())["config"]
     assert cfg["seg_loss"] == "tversky_bce" and cfg["channel_dropout"] == 0.3 and cfg["lesion_fade"] == 0.5
+    assert cfg["patch_size"] == 16
 
 
 def test_lesion_dice_leaves_empty_slices_to_cross_entropy() -> None:
@@ -324,3 +326,55 @@ def test_lesion_dice_leaves_empty_slices_to_cross_entropy() -> None:
     missed = truth.copy()
     missed[0, 4:8] = 0.0  # half the lesion missed: Dice 2*32 / 96
     assert abs(float(lesion_only(truth, logit(missed))) - bce(missed) - (1 - 65 / 97)) < 0.01
+
+
+def test_random_crop_keeps_image_and_mask_aligned_and_finds_the_lesion() -> None:
+    """patch_size: every crop is the same window of image and mask; about half of a lesion slice's crops are
+    centred on lesion (so hold some), the others fall anywhere (so some of them miss a corner lesion)."""
+    from meddx.train.segmentation import _random_crop_2d
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(64, 48, 2)).astype(np.float32)
+    msk = np.zeros((64, 48, 1), np.float32)
+    msk[56:60, 40:44] = 1  # a small lesion in a corner: a uniformly placed 16x16 crop rarely holds it
+    held = []
+    for _ in range(200):
+        a, b = (t.numpy() for t in _random_crop_2d(img, msk, 16))
+        assert a.shape == (16, 16, 2) and b.shape == (16, 16, 1)
+        hits = [(y, x) for y in range(49) for x in range(33) if np.array_equal(img[y:y + 16, x:x + 16], a)]
+        assert len(hits) == 1
+        y, x = hits[0]
+        assert np.array_equal(msk[y:y + 16, x:x + 16], b)
+        held.append(b.sum() > 0)
+    assert 0.4 <= np.mean(held) <= 0.75, np.mean(held)
+    empty = np.zeros_like(msk)
+    assert all(_random_crop_2d(img, empty, 16)[1].numpy().sum() == 0 for _ in range(5))
+
+
+def test_patch_training_predicts_whole_images(discs: Path, tmp_path: Path) -> None:
+    """patch_size: the network trains on crops but the RUN keeps a whole-image model, which evaluate uses."""
+    from meddx.runs import load_run
+    from meddx.train.segmentation import evaluate_segmenter, train_segmenter
+
+    cfg = TrainConfig(task="segmentation", epochs=2, batch_size=8, learning_rate=1e-2, image_size=32,
+                      patch_size=16, seed=1, val_fraction=0.2, test_fraction=0.2)
+    lines: list[str] = []
+    info = train_segmenter(discs, tmp_path / "run", cfg, base_filters=4, depth=2, verbose=0, log=lines.append)
+    assert info["input_shape"] == [32, 32, 1] and info["config"]["patch_size"] == 16
+    assert any("16x16 crops of the 32x32 images" in s for s in lines)
+    run = load_run(tmp_path / "run")
+    assert tuple(run.model.input_shape[1:3]) == (32, 32)
+    m = evaluate_segmenter(run, discs, tmp_path / "eval", split="test", log=lambda *a, **k: None)
+    assert m["n"] > 0 and 0.0 <= m["dice"] <= 1.0
+
+
+@pytest.mark.parametrize(("patch", "message"), [(48, "larger than the image size 32"), (18, "multiple of 4")])
+def test_patch_size_is_checked_against_the_image(discs: Path, tmp_path: Path, patch: int, message: str) -> None:
+    from meddx.errors import ConfigError
+    from meddx.train.segmentation import train_segmenter
+
+    cfg = TrainConfig(task="segmentation", epochs=1, image_size=32, patch_size=patch)
+    with pytest.raises(ConfigError, match=message):
+        train_segmenter(discs, tmp_path / "run", cfg, base_filters=4, depth=2, verbose=0, log=lambda s: None)
+    with pytest.raises(ConfigError, match="patch_size"):
+        TrainConfig().updated({"patch_size": 64})  # classification has no patches

@@ -8,6 +8,7 @@ The RUN folder holds everything `evaluate`/`predict`/`report` need: `model.keras
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import shutil
@@ -213,17 +214,49 @@ def class_sample_weights(y: np.ndarray, task: str) -> np.ndarray | None:
     return np.asarray([cw[int(c)] for c in labels], dtype=np.float32)
 
 
-def check_run_dir(run_dir: Path, overwrite: bool) -> bool:
-    """True when resuming an interrupted run; refuses to clobber a finished one."""
+RESUME_FILE = "resume.json"  # the settings a run started with; an interrupted run resumes only with the same
+RESUME_FREE = ("max_minutes", "threads", "patience")  # settings a resumed run may change
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    for name in (RUN_FILE, MODEL_FILE, "history.csv", "val_metrics.json", RESUME_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def check_run_dir(run_dir: Path, overwrite: bool, settings: dict[str, Any] | None = None) -> bool:
+    """True when resuming an interrupted run; refuses to clobber a finished one. With `settings` (the
+    run's configuration), an interrupted run started with other settings is not resumed: it is an error,
+    or with `overwrite` started again; the settings are written to resume.json for the next check."""
     if (run_dir / RUN_FILE).exists():
         if not overwrite:
             raise ConfigError(f"{run_dir}: already holds a trained model (run.json); use another --out or --overwrite")
-        for name in (RUN_FILE, MODEL_FILE, "history.csv", "val_metrics.json"):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "backup", ignore_errors=True)
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        return False
-    return (run_dir / "backup").is_dir()
+        _clear_run_dir(run_dir)
+        resuming = False
+    else:
+        resuming = (run_dir / "backup").is_dir()
+    if settings is None:
+        return resuming
+    now = {k: v for k, v in json.loads(json.dumps(settings, default=str)).items() if k not in RESUME_FREE}
+    if resuming:
+        try:
+            before = json.loads((run_dir / RESUME_FILE).read_text())
+        except (OSError, ValueError):
+            before = None
+        changed = sorted(k for k in set(now) | set(before or {}) if (before or {}).get(k) != now.get(k))
+        if before is None or changed:
+            what = ("its settings are not recorded" if before is None else "it was started with other settings: "
+                    + ", ".join(f"{k} {(before or {}).get(k)!r} -> {now.get(k)!r}" for k in changed))
+            if not overwrite:
+                raise ConfigError(f"{run_dir}: holds an interrupted run that cannot be resumed ({what}); "
+                                  "use the same settings, another --out, or --overwrite to start again")
+            _clear_run_dir(run_dir)
+            resuming = False
+    if not resuming:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / RESUME_FILE, now)
+    return resuming
 
 
 def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None = None, overwrite: bool = False,
@@ -232,7 +265,7 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     """Train `cfg.model` on DATA into the RUN folder `out`; returns the run info (run.json)."""
     cfg = cfg or TrainConfig()
     run_dir = Path(out)
-    resuming = check_run_dir(run_dir, overwrite)
+    resuming = check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "data": str(getattr(data, "source", data))})
     run_dir.mkdir(parents=True, exist_ok=True)
     configure_tensorflow(cfg.threads, cfg.seed)
     import keras
