@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", type=float, help="stop training cleanly after this many minutes")
     t.add_argument("--config", help="JSON or TOML file of training settings (options given here override it)")
     t.add_argument("--seed", type=int)
-    t.add_argument("--overwrite", action="store_true", help="replace a finished RUN in --out")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a finished RUN in --out, or start again an interrupted one begun with other settings")
 
     e = sub.add_parser("evaluate", help="metrics.json, ROC/PR/calibration/confusion plots on a split of DATA")
     e.add_argument("run")

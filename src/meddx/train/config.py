@@ -40,10 +40,9 @@ class TrainConfig:
     channel_dropout: float = 0.0  # segmentation 2D: zero one random input channel with this probability
     lesion_fade: float = 0.0  # segmentation 2D: with this probability cut a training lesion's contrast by 0-90 %
     patch_size: int | None = None  # segmentation 2D: train on random crops of this side, predict whole images
-    seg_loss: str = "dice_bce"  # segmentation: dice_bce | lesion_dice_bce (Dice over lesion slices only)
-    # | tversky_bce (Tversky weighs missed lesion 0.7, false alarm 0.3)
+    seg_loss: str = "dice_bce"  # segmentation: one of SEG_LOSSES (the losses are described in `meddx train --help`)
     threads: int | None = None  # TF intra-op threads; None = all cores
-    model_options: dict[str, Any] | None = None  # extra keyword arguments for the model builder (e.g. {"pooling": "max"})
+    model_options: dict[str, Any] | None = None  # extra model-builder arguments (e.g. {"pooling": "max"})
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":

@@ -436,8 +436,8 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     size -= size % 2 ** depth if size >= 2 ** depth else 0
     size = max(size, 2 ** depth)
     intensity = cfg.intensity or "minmax"
-    prep = Preprocessing(spatial_ndim=ndim, image_size=size, channels=model_channels(cfg, channels), intensity=intensity,
-                         select_channels=cfg.select_channels)
+    prep = Preprocessing(spatial_ndim=ndim, image_size=size, channels=model_channels(cfg, channels),
+                         intensity=intensity, select_channels=cfg.select_channels)
     patch = tuple([size] * ndim)
     batch = cfg.batch_size if ndim == 2 else max(1, min(cfg.batch_size, 2))
     axes = _flip_axes(cfg.augment, ndim)
@@ -489,7 +489,8 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
             logits = whole.predict(x_va, batch_size=32, verbose=0)[..., 0]
             preds, truths = logits > 0, y_va > 0
         else:
-            preds = [sliding_window_predict(model, v, patch)[..., 0] > 0 for v, _ in val_pairs]  # type: ignore[union-attr]
+            preds = [sliding_window_predict(model, v, patch)[..., 0] > 0
+                     for v, _ in val_pairs]  # type: ignore[union-attr]
             truths = [m for _, m in val_pairs]  # type: ignore[union-attr]
         inter = sum(int(np.logical_and(p, t).sum()) for p, t in zip(preds, truths))
         total = sum(int(p.sum()) + int(t.sum()) for p, t in zip(preds, truths))
