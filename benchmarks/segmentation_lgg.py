@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--base", type=int, default=16)
-    ap.add_argument("--patch", type=int, default=None,
+    ap.add_argument("--patch", "--patch-size", dest="patch", type=int, default=None,
                     help="train on random crops of this side of the --size images (half of the lesion slices' "
                          "crops centred on lesion); predict whole images")
     ap.add_argument("--batch", type=int, default=8)
