@@ -214,7 +214,7 @@ def class_sample_weights(y: np.ndarray, task: str) -> np.ndarray | None:
     return np.asarray([cw[int(c)] for c in labels], dtype=np.float32)
 
 
-RESUME_FILE = "resume.json"  # the settings a run started with; an interrupted run resumes only with the same
+RESUME_FILE = "resume.json"  # the settings a run started with; an interrupted run resumes only with these
 RESUME_FREE = ("max_minutes", "threads", "patience")  # settings a resumed run may change
 
 
@@ -244,10 +244,12 @@ def check_run_dir(run_dir: Path, overwrite: bool, settings: dict[str, Any] | Non
             before = json.loads((run_dir / RESUME_FILE).read_text())
         except (OSError, ValueError):
             before = None
-        changed = sorted(k for k in set(now) | set(before or {}) if (before or {}).get(k) != now.get(k))
-        if before is None or changed:
+        if not isinstance(before, dict):
+            before = None
+        if before != now:
             what = ("its settings are not recorded" if before is None else "it was started with other settings: "
-                    + ", ".join(f"{k} {(before or {}).get(k)!r} -> {now.get(k)!r}" for k in changed))
+                    + ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(before))
+                                if before.get(k) != now.get(k)))
             if not overwrite:
                 raise ConfigError(f"{run_dir}: holds an interrupted run that cannot be resumed ({what}); "
                                   "use the same settings, another --out, or --overwrite to start again")

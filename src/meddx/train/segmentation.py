@@ -383,15 +383,6 @@ def _patch_sequence(vols: list[np.ndarray], masks: list[np.ndarray], patch: tupl
     return Patches()
 
 
-def _check_run_dir(run_dir: Path, overwrite: bool, settings: dict[str, Any]) -> bool:
-    from meddx.train.fit import check_run_dir
-
-    resuming = check_run_dir(run_dir, overwrite, settings)
-    if not resuming and overwrite:
-        (run_dir / "metrics_val.json").unlink(missing_ok=True)
-    return resuming
-
-
 def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None = None,
                     overwrite: bool = False, log: Log = print, base_filters: int = 16, depth: int = 4,
                     verbose: int | str = "auto") -> dict[str, Any]:
@@ -403,10 +394,11 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     if not model_spec(model_name).is_segmentation:
         raise ConfigError(f"model '{cfg.model}' is a classifier; --task segmentation needs a segmentation model (unet)")
     run_dir = Path(out)
-    resuming = _check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "base_filters": base_filters, "depth": depth,
-                                                    "data": str(getattr(data, "source", data))})
+    from meddx.train.fit import _read_history, check_run_dir, configure_tensorflow, model_channels, write_run_folder
+
+    resuming = check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "base_filters": base_filters, "depth": depth,
+                                                  "data": str(getattr(data, "source", data))})
     run_dir.mkdir(parents=True, exist_ok=True)
-    from meddx.train.fit import _read_history, configure_tensorflow, model_channels, write_run_folder
 
     configure_tensorflow(cfg.threads, cfg.seed)
     import keras
