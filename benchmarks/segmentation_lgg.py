@@ -154,6 +154,11 @@ def main(argv=None) -> int:
     ap.add_argument("--pool-only", action="store_true",
                     help="k-fold: train nothing; pool the folds already scored under --out")
     ap.add_argument("--only-folds", default="", help="comma-separated fold numbers to run (quick experiments)")
+    ap.add_argument("--tta", action="store_true",
+                    help="score with flip test-time augmentation (the flips the model was trained with)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="k-fold: train nothing; score the runs already trained under --out again (e.g. with "
+                         "--tta; scores go to foldK/eval_tta with --tta)")
     args = ap.parse_args(argv)
     if not LGG.is_dir():
         print(f"skip: {LGG} is absent")
@@ -184,15 +189,24 @@ def _table(rows) -> None:
 
 def _train_and_test(ds, cfg, args, run_dir: Path, eval_dir: Path):
     """Train on ds's train split (val for checkpoint selection), score its test split; (metrics, info, seconds)."""
-    from meddx.runs import load_run
-    from meddx.train.segmentation import evaluate_segmenter, train_segmenter
+    from meddx.train.segmentation import train_segmenter
 
     t0 = time.monotonic()
     info = train_segmenter(ds, run_dir, cfg, overwrite=True, base_filters=args.base, depth=4, verbose=0,
                            log=lambda *a, **k: None)
     t_train = time.monotonic() - t0
-    m = evaluate_segmenter(load_run(run_dir), ds, eval_dir, split="test", log=lambda *a, **k: None)
-    return m, info, t_train
+    return _score(ds, args, run_dir, eval_dir), info, t_train
+
+
+def _score(ds, args, run_dir: Path, eval_dir: Path) -> dict:
+    """Test-split metrics of a trained RUN (flip test-time augmentation with --tta)."""
+    from meddx.runs import load_run
+    from meddx.train.segmentation import enable_tta, evaluate_segmenter
+
+    run = load_run(run_dir)
+    if args.tta:
+        enable_tta(run)
+    return evaluate_segmenter(run, ds, eval_dir, split="test", log=lambda *a, **k: None)
 
 
 def single_split(cfg, args, out: Path) -> int:
@@ -257,8 +271,12 @@ def kfold(cfg, args, out: Path, only: list[int]) -> int:
             splits[_holdout(_strata(base), _groups(base), tr, 1.0 / (len(set(base.patient_ids[tr]))), k)] = "val"
         ds = replace(base, splits=splits)
         fold_cfg = replace(cfg, val_fraction=0.15 if args.kfold_val else 0.0)
-        run_dir, eval_dir = out / f"fold{k}" / "run", out / f"fold{k}" / "eval"
-        if args.pool_only:  # a fold trained and scored earlier (e.g. in another --only-folds batch)
+        run_dir, eval_dir = out / f"fold{k}" / "run", out / f"fold{k}" / ("eval_tta" if args.tta else "eval")
+        if args.rescore:  # a fold trained earlier, scored again (e.g. with --tta)
+            m = _score(ds, args, run_dir, eval_dir)
+            info = json.loads((run_dir / "run.json").read_text())
+            t_train = float(info["training_seconds"])
+        elif args.pool_only:  # a fold trained and scored earlier (e.g. in another --only-folds batch)
             if not (eval_dir / "metrics.json").is_file():
                 print(f"error: --pool-only: fold {k} has no {eval_dir / 'metrics.json'}")
                 return 1
@@ -300,7 +318,8 @@ def kfold(cfg, args, out: Path, only: list[int]) -> int:
           f"{sum(f['train_wall_s'] for f in folds) / 60:.1f} min; load average before {load0[0]:.2f}, "
           f"after {load1[0]:.2f} on {os.cpu_count()} cores")
     result = {"protocol": f"{args.folds}-fold by patient", "unet": pooled, "otsu_baseline": ref_pooled,
-              "folds": folds, "config": {**cfg.to_dict(), "base_filters": args.base, "split_seed": args.split_seed},
+              "folds": folds, "config": {**cfg.to_dict(), "base_filters": args.base, "split_seed": args.split_seed,
+                         "tta": args.tta},
               "loadavg_before": load0, "loadavg_after": load1, "cpu_count": os.cpu_count()}
     name = "segmentation_lgg_kfold.json" if not only else f"segmentation_lgg_kfold_{'_'.join(map(str, only))}.json"
     dest = Path(args.json_dir) / name

@@ -14,6 +14,10 @@ from meddx import __version__
 from meddx.train.config import SEG_LOSSES
 
 
+TTA_HELP = ("segmentation: average the lesion probability over the input and its flips along each axis the "
+            "model was trained to flip (--augment), at 2-3x the inference time")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meddx", description="Medical image diagnosis: read, train, evaluate, "
                                 "localise and report (Keras 3 + TensorFlow).")
@@ -68,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", help="train | val | test | all (default test)")
     e.add_argument("--out", required=True)
     e.add_argument("--report", action="store_true", help="also write an HTML evaluation report")
+    e.add_argument("--tta", action="store_true", help=TTA_HELP)
 
     pr = sub.add_parser("predict", help="predictions.csv for images, volumes or DICOM series")
     pr.add_argument("run")
@@ -75,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True)
     pr.add_argument("--heatmaps", action="store_true", help="also write Grad-CAM heatmaps, overlays and lesions.csv")
     pr.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "occlusion"])
+    pr.add_argument("--tta", action="store_true", help=TTA_HELP)
 
     r = sub.add_parser("report", help="report.html + report.pdf per study (+ DICOM SEG/SR for DICOM series)")
     r.add_argument("run")
@@ -82,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True)
     r.add_argument("--include-phi", action="store_true", help="show patient identifiers (off by default)")
     r.add_argument("--no-dicom", action="store_true", help="skip DICOM SEG/SR outputs")
+    r.add_argument("--tta", action="store_true", help=TTA_HELP)
 
     i = sub.add_parser("info", help="what the reader sees: shape, spacing, orientation, modality, range")
     i.add_argument("input")
@@ -153,17 +160,18 @@ def _run(args: argparse.Namespace) -> int:
     if cmd == "evaluate":
         from meddx.workflows import evaluate_run
 
-        evaluate_run(args.run, args.data, args.out, split=args.split, report=args.report)
+        evaluate_run(args.run, args.data, args.out, split=args.split, report=args.report, tta=args.tta)
         return 0
     if cmd == "predict":
         from meddx.workflows import predict_inputs
 
-        predict_inputs(args.run, args.inputs, args.out, heatmaps=args.heatmaps, method=args.method)
+        predict_inputs(args.run, args.inputs, args.out, heatmaps=args.heatmaps, method=args.method, tta=args.tta)
         return 0
     if cmd == "report":
         from meddx.workflows import report_studies
 
-        report_studies(args.run, args.inputs, args.out, include_phi=args.include_phi, dicom=not args.no_dicom)
+        report_studies(args.run, args.inputs, args.out, include_phi=args.include_phi, dicom=not args.no_dicom,
+                       tta=args.tta)
         return 0
     if cmd == "demo":
         from meddx.workflows import run_demo

@@ -6,7 +6,9 @@ non-zero exit code instead of a traceback.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 class MeddxError(Exception):
@@ -35,3 +37,16 @@ class ConfigError(MeddxError):
 
 class NetworkError(MeddxError):
     """A download failed (no network, bad checksum)."""
+
+
+@contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Re-raise a MeddxError that names no file as the same error naming `path` (the input being processed)."""
+    try:
+        yield
+    except MeddxError as e:
+        if e.path is not None:
+            raise
+        err = type(e)(str(e), path)
+        err.exit_code = e.exit_code
+        raise err from e

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from meddx.errors import DataError, InputError
+from meddx.errors import DataError, InputError, naming
 from meddx.utils import atomic_write_json, atomic_write_text
 
 Log = Callable[[str], None]
@@ -47,14 +47,18 @@ def _dataset_for_run(run: Any, data: str | Path) -> Any:
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path, split: str = "test",
-                 report: bool = False, log: Log = print) -> dict[str, Any]:
-    """Metrics, curves and calibration of a RUN on one split of DATA, written to `out`."""
+                 report: bool = False, tta: bool = False, log: Log = print) -> dict[str, Any]:
+    """Metrics, curves and calibration of a RUN on one split of DATA, written to `out` (`tta`: flip
+    test-time augmentation, segmentation runs)."""
     from meddx.data.prepare import load_masks, materialise
     from meddx.data.splits import assign_splits
     from meddx.evaluate.plots import write_classification_outputs
     from meddx.runs import load_run
 
     run = load_run(run_dir)
+    if tta:
+        from meddx.train.segmentation import enable_tta
+        enable_tta(run)
     if run.info.get("kind") == "segmenter":
         from meddx.train.segmentation import evaluate_segmenter
         return evaluate_segmenter(run, data, out, split=split, log=log)
@@ -268,12 +272,16 @@ def _inputs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, heatmaps: bool = False,
-                   method: str = "gradcam", log: Log = print) -> Path:
-    """predictions.csv for every input (+ heatmap .npy, overlay PNG and lesions.csv with --heatmaps)."""
+                   method: str = "gradcam", tta: bool = False, log: Log = print) -> Path:
+    """predictions.csv for every input (+ heatmap .npy, overlay PNG and lesions.csv with --heatmaps; `tta`:
+    flip test-time augmentation, segmentation runs)."""
     from meddx.explain import lesions_table, save_overlay, save_volume_overlay
     from meddx.runs import load_run
 
     run = load_run(run_dir)
+    if tta:
+        from meddx.train.segmentation import enable_tta
+        enable_tta(run)
     files = _inputs(inputs)
     if run.info.get("kind") == "segmenter":
         from meddx.train.segmentation import predict_segmentations
@@ -284,7 +292,8 @@ def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
     from tqdm.auto import tqdm
 
     for i, f in enumerate(tqdm(files, desc="predicting", unit="study", disable=len(files) < 10, leave=False)):
-        study = predict_study(run, f, heatmap=heatmaps, method=method)
+        with naming(f):
+            study = predict_study(run, f, heatmap=heatmaps, method=method)
         stem = f"{i + 1:03d}_{_safe_stem(f)}"
         row = {"input": str(f), "predicted": study["predicted"], "probability": round(study["probability"], 6)}
         row.update({f"p_{c}": round(v, 6) for c, v in zip(run.class_names, study["probs"])})
@@ -337,16 +346,28 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], empty_header: list[str] |
 # -- report ----------------------------------------------------------------------------
 
 def report_studies(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, include_phi: bool = False,
-                   dicom: bool = True, log: Log = print) -> dict[str, Any]:
-    """report.html + report.pdf per study (batch: one folder each plus index.html), DICOM SEG/SR when DICOM."""
+                   dicom: bool = True, tta: bool = False, log: Log = print) -> dict[str, Any]:
+    """report.html + report.pdf per study (batch: one folder each plus index.html), DICOM SEG/SR when DICOM.
+
+    A classifier RUN reports its decision with a Grad-CAM heatmap; a segmentation RUN its lesion mask,
+    probability map and lesion sizes (`tta`: flip test-time augmentation)."""
     from meddx.report import render_batch, render_study_report
     from meddx.runs import load_run
 
     run = load_run(run_dir)
+    if tta:
+        from meddx.train.segmentation import enable_tta
+        enable_tta(run)
     files = _inputs(inputs)
     studies = []
     for f in files:
-        s = predict_study(run, f, heatmap=True)
+        if run.info.get("kind") == "segmenter":
+            from meddx.train.segmentation import segmentation_study
+            with naming(f):
+                s = segmentation_study(run, f)
+        else:
+            with naming(f):
+                s = predict_study(run, f, heatmap=True)
         if include_phi:
             try:
                 from meddx.io.deid import read_phi

@@ -378,3 +378,97 @@ def test_patch_size_is_checked_against_the_image(discs: Path, tmp_path: Path, pa
         train_segmenter(discs, tmp_path / "run", cfg, base_filters=4, depth=2, verbose=0, log=lambda s: None)
     with pytest.raises(ConfigError, match="patch_size"):
         TrainConfig().updated({"patch_size": 64})  # classification has no patches
+
+
+class _RampModel:
+    """A stand-in segmentation model whose output is not flip-symmetric: logit = image * column index."""
+
+    def predict(self, x: np.ndarray, verbose: int = 0) -> np.ndarray:
+        ramp = np.arange(x.shape[2], dtype=np.float32)[None, None, :, None]
+        return x[..., :1] * ramp / x.shape[2]
+
+
+def _fake_run(augment: str, tta: bool = True):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(path=Path("RUN"), model=_RampModel(), info={
+        "kind": "segmenter", "spatial_ndim": 2, "inference": "resize", "tta": tta,
+        "config": {"augment": augment}})
+
+
+def test_tta_averages_the_prediction_of_the_flipped_input() -> None:
+    """TTA = mean of p(x) and the flip back of p(flip(x)), over the axes the model was trained to flip."""
+    from meddx.train.segmentation import model_probability
+
+    x = np.random.default_rng(0).normal(size=(6, 8, 1)).astype(np.float32)
+    sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
+    plain = sig(_RampModel().predict(x[None])[0, ..., 0])
+    lr = sig(_RampModel().predict(x[None, :, ::-1])[0, :, ::-1, 0])
+    ud = sig(_RampModel().predict(x[None, ::-1])[0, ::-1, :, 0])
+    np.testing.assert_allclose(model_probability(_fake_run("none", tta=False), x), plain, atol=1e-6)
+    np.testing.assert_allclose(model_probability(_fake_run("flip"), x), (plain + lr) / 2, atol=1e-6)
+    np.testing.assert_allclose(model_probability(_fake_run("light"), x), (plain + ud + lr) / 3, atol=1e-6)
+    assert not np.allclose(plain, lr)  # the check above can tell TTA from no TTA
+
+
+def test_tta_is_refused_without_flip_training_and_for_classifiers() -> None:
+    from types import SimpleNamespace
+
+    from meddx.errors import ConfigError
+    from meddx.train.segmentation import enable_tta, model_probability
+
+    with pytest.raises(ConfigError, match="--augment none"):
+        model_probability(_fake_run("none"), np.zeros((4, 4, 1), np.float32))
+    with pytest.raises(ConfigError, match="segmentation runs only"):
+        enable_tta(SimpleNamespace(path=Path("RUN"), info={"kind": "classifier"}))
+
+
+def test_cli_evaluate_and_predict_with_tta(trained: tuple[Path, dict], discs: Path, tmp_path: Path) -> None:
+    from meddx.cli import main
+
+    out, _ = trained
+    assert main(["evaluate", str(out), str(discs), "--out", str(tmp_path / "ev"), "--tta"]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["tta_flip_axes"] == [1] and m["dice_lesion_cases"] > 0.6
+    assert main(["predict", str(out), str(discs / "p1"), "--out", str(tmp_path / "pr"), "--tta"]) == 0
+    rows = list(csv.DictReader((tmp_path / "pr" / "predictions.csv").open()))
+    assert len(rows) == 6 and sum(int(r["n_lesions"]) > 0 for r in rows) >= 3
+
+
+def test_report_for_a_segmentation_run(trained: tuple[Path, dict], discs: Path, tmp_path: Path) -> None:
+    """`meddx report` with a segmenter: mask-based finding, lesion table with peak probabilities, key image."""
+    from meddx.cli import main
+
+    out, _ = trained
+    assert main(["report", str(out), str(discs / "p0" / "p0_0.png"), "--out", str(tmp_path / "rep")]) == 0
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "Predicted: lesion" in html and "Segmented lesions" in html and "Peak probability" in html
+    assert "Validation Dice (lesion cases)" in html and "Relevance heatmap" not in html
+    png = PILImage.open(tmp_path / "rep" / "key_image.png")
+    assert png.size[0] >= 500 and (tmp_path / "rep" / "report.pdf").stat().st_size > 1000
+
+
+def test_segmentation_study_of_a_volume_through_a_2d_model(trained: tuple[Path, dict], discs: Path,
+                                                          tmp_path: Path) -> None:
+    """A NIfTI stack of disc slices: per-slice probabilities, key slices where the mask is, volume in mL."""
+    import nibabel as nib
+
+    from meddx.report import render_study_report
+    from meddx.runs import load_run
+    from meddx.train.segmentation import segmentation_study
+
+    out, _ = trained
+    slices = [np.asarray(PILImage.open(discs / "p0" / f"p0_{k}.png"), np.float32) for k in (2, 0, 1)]
+    vol = np.stack(slices, axis=-1)  # nibabel order (x, y, z); slice 0 (z) has no disc
+    nib.save(nib.Nifti1Image(vol, np.diag([0.5, 0.5, 3.0, 1.0])), str(tmp_path / "stack.nii.gz"))
+    run = load_run(out)
+    s = segmentation_study(run, tmp_path / "stack.nii.gz")
+    assert np.shape(s["heatmap"]) == (3, SIZE, SIZE) and len(s["slice_scores"]) == 3
+    assert s["predicted"] == "lesion" and 0 not in s["key_slices"]
+    voxels = sum(int(les["n_px"]) for les in s["lesions"])
+    assert voxels == s["n_voxels"] > 0
+    assert s["volume_ml"] == pytest.approx(voxels * 0.5 * 0.5 * 3.0 / 1000)
+    paths = render_study_report(s, run.info, tmp_path / "rep")
+    html = Path(paths["html"]).read_text()
+    assert "Peak lesion probability per slice" in html and "mL in total" in html
+    assert (tmp_path / "rep" / "volume_overview.png").is_file()

@@ -106,12 +106,12 @@ def _save(fig: Any, path: str | Path, dpi: int) -> Path:
     return Path(path)
 
 
-def _legend(fig_or_ax: Any, have_lesions: bool, have_truth: bool) -> None:
+def _legend(fig_or_ax: Any, have_lesions: bool, have_truth: bool, lesion_label: str = "heatmap lesion") -> None:
     from matplotlib.lines import Line2D
 
     handles = []
     if have_lesions:
-        handles.append(Line2D([], [], color=LESION_COLOUR, lw=1.5, label="heatmap lesion"))
+        handles.append(Line2D([], [], color=LESION_COLOUR, lw=1.5, label=lesion_label))
     if have_truth:
         handles.append(Line2D([], [], color=TRUTH_COLOUR, lw=1.5, label="reference mask"))
     if handles:
@@ -121,11 +121,14 @@ def _legend(fig_or_ax: Any, have_lesions: bool, have_truth: bool) -> None:
 def save_overlay(image2d: Any, heatmap2d: Any, path: str | Path, lesions: Sequence[dict[str, Any]] | None = None,
                  mask: Any = None, title: str | None = None, cmap: str = "jet", alpha: float = 0.5,
                  spacing: Sequence[float] | None = None, figsize: tuple[float, float] = (6.0, 5.0),
-                 dpi: int = 100) -> Path:
+                 dpi: int = 100, value_label: str = "relevance (normalised)",
+                 lesion_label: str = "heatmap lesion") -> Path:
     """Write a PNG (figsize * dpi pixels, default 600x500) of the heatmap over the grey image.
 
     `lesions` (from `heatmap_to_lesions`, 2D) are outlined and boxed in cyan with id/score;
-    `mask` (reference/truth) is outlined in green; `spacing` (row, col mm) sets the pixel aspect.
+    `mask` (reference/truth) is outlined in green; `spacing` (row, col mm) sets the pixel aspect;
+    `value_label` names the colour bar and `lesion_label` the cyan outlines (e.g. a segmentation's
+    "lesion probability" / "segmented lesion").
     """
     import matplotlib
 
@@ -141,7 +144,7 @@ def save_overlay(image2d: Any, heatmap2d: Any, path: str | Path, lesions: Sequen
     hm = ax.imshow(heat, cmap=cmap, alpha=_alpha_map(heat, alpha, vmax), vmin=0.0, vmax=vmax,
                    interpolation="bilinear", aspect=aspect)
     cbar = fig.colorbar(hm, ax=ax, fraction=0.046, pad=0.04)
-    cbar.set_label("relevance (normalised)")
+    cbar.set_label(value_label)
     have_lesions = False
     for lesion in lesions or ():
         lmask = lesion.get("mask")
@@ -159,7 +162,7 @@ def save_overlay(image2d: Any, heatmap2d: Any, path: str | Path, lesions: Sequen
         if m.shape != img.shape[:2]:
             raise InputError(f"mask of shape {m.shape} does not match image of shape {img.shape[:2]}")
         have_truth = _outline(ax, m, TRUTH_COLOUR, lw=1.5, ls=":")
-    _legend(ax, have_lesions, have_truth)
+    _legend(ax, have_lesions, have_truth, lesion_label)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -174,7 +177,8 @@ def _plane(arr: np.ndarray, axis: int, index: int) -> np.ndarray:
 def save_volume_overlay(volume: Any, heatmap: Any, path: str | Path, lesions: Sequence[dict[str, Any]] | None = None,
                         mask: Any = None, title: str | None = None, spacing: Sequence[float] | None = None,
                         mode: str = "orthogonal", n_slices: int = 6, cmap: str = "jet", alpha: float = 0.5,
-                        dpi: int = 100) -> Path:
+                        dpi: int = 100, value_label: str = "relevance (normalised)",
+                        lesion_label: str = "heatmap lesion") -> Path:
     """Write a PNG of a 3D (z, y, x) heatmap over the volume.
 
     mode "orthogonal": axial/coronal/sagittal planes through the peak-heat voxel (crosshair).
@@ -246,8 +250,8 @@ def save_volume_overlay(volume: Any, heatmap: Any, path: str | Path, lesions: Se
         ax.set_title(label, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(hm, ax=[p[0] for p in panels], fraction=0.025, pad=0.02).set_label("relevance (normalised)")
-    _legend(panels[0][0], have_lesions, have_truth)
+    fig.colorbar(hm, ax=[p[0] for p in panels], fraction=0.025, pad=0.02).set_label(value_label)
+    _legend(panels[0][0], have_lesions, have_truth, lesion_label)
     if title:
         fig.suptitle(title, fontsize=11)
     return _save(fig, path, dpi)

@@ -124,10 +124,25 @@ def _run_sens_spec(run_info: dict[str, Any], positive: str | None) -> tuple[Any,
     return sens, spec
 
 
-def _lesion_rows(lesions: Sequence[dict[str, Any]], is_sequence: bool) -> tuple[list[str], list[list[Any]]]:
+def _segmentation_finding(study: dict[str, Any], run_info: dict[str, Any]) -> str:
+    """One sentence: how the mask was made and how much lesion it holds."""
+    pp = study.get("postprocess") or {}
+    thr = float(study.get("threshold") or run_info.get("threshold") or 0.5)
+    n = len(study.get("lesions") or [])
+    amount = f"{int(study.get('n_voxels') or 0)} px"
+    if study.get("volume_ml") is not None:
+        ml = float(study["volume_ml"])
+        amount = f"{ml:.2f} mL" if np.ndim(study.get("heatmap")) == 3 else f"{ml * 1000:.0f} mm²"
+    tta = " (averaged over the input and its flips)" if study.get("tta_flip_axes") else ""
+    return (f"Lesion pixels: probability ≥ {thr:.2f}{tta}; connected components of ≥ {int(pp.get('min_size') or 0)} "
+            f"px kept. Segmented: {n} lesion{'s' if n != 1 else ''}, {amount} in total.")
+
+
+def _lesion_rows(lesions: Sequence[dict[str, Any]], is_sequence: bool,
+                 score_name: str = "Peak relevance") -> tuple[list[str], list[list[Any]]]:
     three_d = any(len(l.get("centroid_px", ())) == 3 for l in lesions)
     axis0 = "frames" if is_sequence else "slices"
-    header = ["#", "Location", "Size (mm)", "Volume (mL)" if three_d else "Area (mm²)", "Peak relevance"]
+    header = ["#", "Location", "Size (mm)", "Volume (mL)" if three_d else "Area (mm²)", score_name]
     rows = []
     for k, l in enumerate(lesions, start=1):
         c = l.get("centroid_px", ())
@@ -244,14 +259,18 @@ def _images(study: dict[str, Any], out: Path, doc: Doc, n_key: int) -> list[Path
     is_seq = bool(getattr(image, "is_sequence", False))
     unit = "frame" if is_seq else "slice"
     written: list[Path] = []
+    seg = study.get("kind") == "segmentation"
+    labels = {"value_label": "lesion probability", "lesion_label": "segmented lesion"} if seg else {}
     two_d = disp.ndim == 2 or (disp.ndim == 3 and disp.shape[-1] in (1, 3, 4) and (heat is None or np.ndim(heat) == 2))
     if two_d:
         path = out / "key_image.png"
         if heat is not None:
             save_overlay(disp, heat, path, lesions=[l for l in lesions if np.ndim(l.get("mask", np.zeros((1, 1)))) == 2],
-                         title=f"Relevance heatmap for '{study.get('predicted')}'",
-                         spacing=tuple(sp)[-2:] if sp else None)
-            caption = "Heatmap overlay (warm colours drove the prediction); cyan outlines = candidate lesions."
+                         title="Lesion probability (segmentation)" if seg else
+                         f"Relevance heatmap for '{study.get('predicted')}'",
+                         spacing=tuple(sp)[-2:] if sp else None, **labels)
+            caption = ("Lesion probability overlay; cyan outlines = the segmented lesions." if seg else
+                       "Heatmap overlay (warm colours drove the prediction); cyan outlines = candidate lesions.")
         else:
             _save_plain(disp, path, "Input as seen by the model")
             caption = "Input image (no heatmap was computed)."
@@ -268,16 +287,20 @@ def _images(study: dict[str, Any], out: Path, doc: Doc, n_key: int) -> list[Path
             score = f" (P={float(study['slice_scores'][z]):.2f})"
         if heat is not None:
             save_overlay(disp[z], np.asarray(heat)[z], path, lesions=_lesions_in_plane(lesions, z),
-                         title=f"{unit} {z}{score}", spacing=(sp[1], sp[2]) if sp and len(sp) == 3 else None)
+                         title=f"{unit} {z}{score}", spacing=(sp[1], sp[2]) if sp and len(sp) == 3 else None,
+                         **labels)
         else:
             _save_plain(disp[z], path, f"{unit} {z}{score}", aspect)
-        doc.img(path.name, f"Key {unit} {z}{score}: heatmap overlay with candidate-lesion outlines (cyan).")
+        doc.img(path.name, f"Key {unit} {z}{score}: " + ("lesion probability with the segmented lesions' outlines "
+                                                          "(cyan)." if seg else
+                                                          "heatmap overlay with candidate-lesion outlines (cyan)."))
         written.append(path)
     if heat is not None and not is_seq:
         path = out / "volume_overview.png"
+        what = "lesion probability" if seg else "relevance"
         save_volume_overlay(disp, heat, path, lesions=lesions, spacing=sp, mode="orthogonal",
-                            title="Orthogonal planes through the peak relevance")
-        doc.img(path.name, "Axial, coronal and sagittal planes through the strongest relevance (crosshair).")
+                            title=f"Orthogonal planes through the peak {what}", **labels)
+        doc.img(path.name, f"Axial, coronal and sagittal planes through the strongest {what} (crosshair).")
         written.append(path)
     return written
 
@@ -317,7 +340,14 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
     prob = float(study["probability"])
     doc.p(f"Predicted: {study['predicted']} (probability {prob:.3f})", "finding")
     p_pos = _positive_probability(study)
-    if threshold is not None and p_pos is not None:
+    seg = study.get("kind") == "segmentation"
+    if seg:
+        doc.p(_segmentation_finding(study, run_info))
+        if study.get("note"):
+            doc.p(str(study["note"]))
+    if threshold is not None and p_pos is not None and seg:
+        level, sentence = confidence_statement(p_pos, float(threshold))
+    elif threshold is not None and p_pos is not None:
         sens, spec = _run_sens_spec(run_info, positive)
         doc.p(f"Operating threshold for '{positive}': {float(threshold):.3f} (probability of '{positive}' here: "
               f"{p_pos:.3f}). On validation at this threshold the model had sensitivity {_num(sens)} and "
@@ -337,7 +367,7 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
 
     scores = study.get("slice_scores")
     if scores is not None and len(scores) > 1:
-        doc.h(f"{unit.capitalize()}s that drove the decision")
+        doc.h(f"Peak lesion probability per {unit}" if seg else f"{unit.capitalize()}s that drove the decision")
         key = _key_slices(study, n_key_images)
         chart = _slice_chart(scores, threshold, key, out / f"{unit}_probabilities.png", unit, positive)
         images.append(chart)
@@ -345,15 +375,20 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
         doc.p(f"Per-{unit} probability of '{positive or study['predicted']}'; key {unit}s: {top}.")
         doc.img(chart.name, f"Per-{unit} probability (dashed line: operating threshold).")
 
-    doc.h("Candidate lesions")
+    doc.h("Segmented lesions" if seg else "Candidate lesions")
     lesions = list(study.get("lesions") or [])
-    if lesions:
+    if lesions and seg:
+        header, rows = _lesion_rows(lesions, is_seq, score_name="Peak probability")
+        doc.table(header, rows)
+        doc.p("One row per connected component of the predicted mask; sizes are bounding-box extents along the "
+              "array axes, areas and volumes are voxel counts times the voxel size.", "small")
+    elif lesions:
         header, rows = _lesion_rows(lesions, is_seq)
         doc.table(header, rows)
         doc.p("Regions where the model's relevance heatmap is high; sizes are bounding-box extents along the "
               "array axes. They show where the model looked, not confirmed lesion boundaries.", "small")
     else:
-        doc.p("No candidate lesion regions were found in the heatmap.")
+        doc.p("No lesion was segmented." if seg else "No candidate lesion regions were found in the heatmap.")
 
     doc.h("Model card")
     data = run_info.get("data") or {}
@@ -361,6 +396,8 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
     card = [["Model", run_info.get("model", "?")], ["meddx version", run_info.get("meddx_version", "?")],
             ["Task", run_info.get("task", "?")], ["Classes", ", ".join(run_info.get("class_names") or names)],
             ["Training data", data.get("source", "?")], ["Training date", _fmt_date(run_info.get("created", "?"))],
+            ["Validation Dice (lesion cases)", f"{_num(vm.get('dice'))} ({_num(vm.get('dice_lesion'))})"]
+            if run_info.get("kind") == "segmenter" else
             ["Validation AUC (95% CI)", f"{_num(vm.get('auc'))} ({_num(ci[0])}–{_num(ci[1])})"],
             ["Validation cases", vm.get("n", "?")]]
     summary = data.get("summary")

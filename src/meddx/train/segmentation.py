@@ -22,7 +22,7 @@ import numpy as np
 
 from meddx import __version__
 from meddx.data.datasets import Dataset, describe, format_summary
-from meddx.errors import ConfigError, DataError, InputError
+from meddx.errors import ConfigError, DataError, InputError, naming
 from meddx.train.config import TrainConfig, auto_epochs
 from meddx.utils import atomic_path, atomic_write_json
 
@@ -613,16 +613,52 @@ def _masks_at(ds: Dataset, size: tuple[int, ...]) -> np.ndarray:
 
 # -- inference -------------------------------------------------------------------------
 
+def tta_axes(run: Any) -> list[int]:
+    """Spatial axes flipped for test-time augmentation: the flips the run was trained with (run.json
+    "tta": true, or `--tta`); [] when TTA is off."""
+    if not run.info.get("tta"):
+        return []
+    augment = str((run.info.get("config") or {}).get("augment") or "none")
+    axes = _flip_axes(augment, int(run.info["spatial_ndim"]))
+    if not axes:
+        raise ConfigError(f"--tta averages over the flips a model was trained with; this run was trained with "
+                          f"--augment {augment} (no flips)", run.path)
+    return axes
+
+
+def enable_tta(run: Any) -> None:
+    """Switch on flip test-time augmentation for this loaded segmentation RUN (checked: trained with flips)."""
+    if run.info.get("kind") != "segmenter":
+        raise ConfigError("--tta is implemented for segmentation runs only", run.path)
+    run.info["tta"] = True
+    tta_axes(run)
+
+
+def model_probability(run: Any, x: np.ndarray) -> np.ndarray:
+    """Lesion probability at the model's grid for one preprocessed case `x` (*spatial, C); with TTA the
+    mean over the unflipped input and one flip per trained flip axis."""
+    info = run.info
+
+    def once(a: np.ndarray) -> np.ndarray:
+        if info.get("inference") == "sliding_window":
+            logits = sliding_window_predict(run.model, a, info["patch"], info.get("overlap", 0.5))[..., 0]
+        else:
+            logits = np.asarray(run.model.predict(a[None], verbose=0))[0, ..., 0]
+        return 1.0 / (1.0 + np.exp(-logits))
+
+    axes = tta_axes(run)
+    prob = once(x)
+    for ax in axes:
+        prob = prob + np.flip(once(np.ascontiguousarray(np.flip(x, ax))), ax)
+    return prob / (1 + len(axes))
+
+
 def segment_array(run: Any, x: np.ndarray, native_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """(probability, binary mask) in `native_shape` for one preprocessed case `x`."""
-    info = run.info
-    n = int(info["spatial_ndim"])
-    if info.get("inference") == "sliding_window":
-        logits = sliding_window_predict(run.model, x, info["patch"], info.get("overlap", 0.5))[..., 0]
-        prob = 1.0 / (1.0 + np.exp(-logits))
-    else:
-        logits = np.asarray(run.model.predict(x[None], verbose=0))[0, ..., 0]
-        prob = _resize(1.0 / (1.0 + np.exp(-logits)), native_shape, order=1)
+    n = int(run.info["spatial_ndim"])
+    prob = model_probability(run, x)
+    if run.info.get("inference") != "sliding_window":
+        prob = _resize(prob, native_shape, order=1)
     assert prob.ndim == n
     return _finish(run, prob)
 
@@ -663,19 +699,55 @@ def predict_segmentation(run: Any, path: str | Path) -> dict[str, Any]:
         probs = []
         for k in range(spatial[0]):
             xk = prep.batch([img.array[k]], progress=False)[0]
-            logits = np.asarray(run.model.predict(xk[None], verbose=0))[0, ..., 0]
-            probs.append(_resize(1.0 / (1.0 + np.exp(-logits)), spatial[1:], order=1))
+            probs.append(_resize(model_probability(run, xk), spatial[1:], order=1))
         prob, mask = _finish(run, np.stack(probs))
     else:
         raise InputError(f"is a {img.spatial_ndim}D image; this segmenter is {n}D", path)
     spacing = _spacing_of(img)
-    lesions = mask_to_lesions(mask, spacing=spacing)
+    lesions = mask_to_lesions(mask, spacing=spacing, connectivity=mask.ndim)  # as postprocess_mask counts them
     voxel = float(np.prod(spacing)) if spacing else None
     return {
         "source": str(path), "image": img, "mask": mask, "probability": prob, "lesions": lesions,
         "n_lesions": len(lesions), "n_voxels": int(mask.sum()), "spacing": spacing,
         "volume_ml": None if voxel is None else float(mask.sum() * voxel / 1000.0),
         "units": "mm" if spacing else "px",
+    }
+
+
+def segmentation_study(run: Any, path: str | Path) -> dict[str, Any]:
+    """One input segmented, in the form `meddx report` renders: the lesion probability map as the heatmap,
+    one lesion per connected component of the mask (peak / mean probability as its score) and, for volumes,
+    per-slice peak probabilities with the slices of largest lesion area as key slices."""
+    r = predict_segmentation(run, path)
+    img, prob, mask = r["image"], np.asarray(r["probability"], np.float32), r["mask"]
+    threshold = float(run.info.get("threshold") or 0.5)
+    peak = float(prob.max()) if prob.size else 0.0
+    found = bool(mask.any())
+    for les in r["lesions"]:
+        values = prob[les["mask"]]
+        les["score"], les["score_mean"] = float(values.max()), float(values.mean())
+    display = _display(img)
+    if img.has_channels and display.ndim == prob.ndim + 1:  # a 2D RGB image: grey view of its middle channel
+        display = display[..., display.shape[-1] // 2]
+    slice_scores = key_slices = None
+    if prob.ndim == 3:
+        slice_scores = [float(v) for v in prob.reshape(len(prob), -1).max(axis=1)]
+        area = mask.reshape(len(mask), -1).sum(axis=1)
+        order = np.argsort(-area, kind="stable") if found else np.argsort(-np.asarray(slice_scores), kind="stable")
+        key_slices = [int(k) for k in order[:3] if not found or area[k] > 0]
+    pp = run.info.get("postprocess") or {}
+    note = None
+    if not found and peak >= threshold:
+        note = (f"The peak lesion probability {peak:.3f} is above the threshold {threshold:.2f} only in components "
+                f"smaller than {int(pp.get('min_size') or 0)} px, which post-processing removes.")
+    return {
+        "kind": "segmentation", "source": str(path), "image": img, "display": display,
+        "probs": [1.0 - peak, peak], "class_names": list(SEG_CLASS_NAMES), "positive_class": "lesion",
+        "predicted": "lesion" if found else SEG_CLASS_NAMES[0], "probability": peak if found else 1.0 - peak,
+        "threshold": threshold, "heatmap": prob, "lesions": r["lesions"], "slice_scores": slice_scores,
+        "key_slices": key_slices, "spacing": tuple(img.spacing), "n_voxels": r["n_voxels"],
+        "volume_ml": r["volume_ml"], "units": r["units"], "postprocess": pp, "note": note,
+        "tta_flip_axes": tta_axes(run),
     }
 
 
@@ -687,7 +759,8 @@ def predict_segmentations(run: Any, files: Sequence[Path], out: str | Path, log:
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows, lesion_rows = [], []
     for i, f in enumerate(files):
-        r = predict_segmentation(run, f)
+        with naming(f):
+            r = predict_segmentation(run, f)
         stem = f"{i + 1:03d}_{_safe_stem(Path(f))}"
         mask_file = out / "masks" / f"{stem}_mask.npy"
         with atomic_path(mask_file) as tmp:
@@ -747,7 +820,7 @@ def evaluate_segmenter(run: Any, data: str | Path | Dataset, out: str | Path, sp
             p.shape == preds[0].shape for p in preds):
         metrics["dice_per_patient"] = _per_patient_dice(preds, truths, ds.patient_ids[idx])
     metrics.update(split=split, run=str(run.path), data=str(ds.source), model=run.info.get("model"),
-                   seconds=round(time.monotonic() - t0, 1))
+                   tta_flip_axes=tta_axes(run), seconds=round(time.monotonic() - t0, 1))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", metrics)
