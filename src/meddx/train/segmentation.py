@@ -726,9 +726,7 @@ def segmentation_study(run: Any, path: str | Path) -> dict[str, Any]:
     for les in r["lesions"]:
         values = prob[les["mask"]]
         les["score"], les["score_mean"] = float(values.max()), float(values.mean())
-    display = _display(img)
-    if img.has_channels and display.ndim == prob.ndim + 1:  # a 2D RGB image: grey view of its middle channel
-        display = display[..., display.shape[-1] // 2]
+    display = _display(img)  # grey; the middle channel of an RGB-like image
     slice_scores = key_slices = None
     if prob.ndim == 3:
         slice_scores = [float(v) for v in prob.reshape(len(prob), -1).max(axis=1)]
@@ -743,7 +741,7 @@ def segmentation_study(run: Any, path: str | Path) -> dict[str, Any]:
     return {
         "kind": "segmentation", "source": str(path), "image": img, "display": display,
         "probs": [1.0 - peak, peak], "class_names": list(SEG_CLASS_NAMES), "positive_class": "lesion",
-        "predicted": "lesion" if found else SEG_CLASS_NAMES[0], "probability": peak if found else 1.0 - peak,
+        "predicted": "lesion" if found else "normal", "probability": peak if found else 1.0 - peak,
         "threshold": threshold, "heatmap": prob, "lesions": r["lesions"], "slice_scores": slice_scores,
         "key_slices": key_slices, "spacing": tuple(img.spacing), "n_voxels": r["n_voxels"],
         "volume_ml": r["volume_ml"], "units": r["units"], "postprocess": pp, "note": note,
