@@ -27,6 +27,9 @@ Adding `--seg-loss lesion_dice_bce` (128 px, fade 0.5): 0.59, but 1.32 FP per sl
 0.44); with `--batch 4` the default loss collapsed fold 1 to all-background.
 `--size 256 --patch 128 --lesion-fade 0.5` (128 px crops at full resolution, whole 256 px slices predicted):
 0.61, the best lesion-slice figure (6188 0.17, 5396 0.44), 1.59 FP per slice (all slices 0.52), 7.6-8.6 min per fold.
+Same with `--epochs 40 --max-minutes 14.5` (10.8-14.8 min per fold): 0.57, 0.78 FP per slice (all slices 0.66);
+the faint patients fall back (5396 0.19, 5397 0.36). `--rescore --tta` scores trained folds again with flip
+test-time augmentation: 0.61 -> 0.61 (25 epochs), 0.57 -> 0.56 (40).
 """
 
 from __future__ import annotations
