@@ -30,6 +30,7 @@ Adding `--seg-loss lesion_dice_bce` (128 px, fade 0.5): 0.59, but 1.32 FP per sl
 Same with `--epochs 40 --max-minutes 14.5` (10.8-14.8 min per fold): 0.57, 0.78 FP per slice (all slices 0.66);
 the faint patients fall back (5396 0.19, 5397 0.36). `--rescore --tta` scores trained folds again with flip
 test-time augmentation: 0.61 -> 0.61 (25 epochs), 0.57 -> 0.56 (40).
+Patches with `--seg-loss lesion_dice_bce`: 0.57 at 2.73 FP per slice (same sensitivity, worse elsewhere).
 """
 
 from __future__ import annotations

@@ -134,8 +134,9 @@ def _segmentation_finding(study: dict[str, Any], run_info: dict[str, Any]) -> st
         ml = float(study["volume_ml"])
         amount = f"{ml:.2f} mL" if np.ndim(study.get("heatmap")) == 3 else f"{ml * 1000:.0f} mm²"
     tta = " (averaged over the input and its flips)" if study.get("tta_flip_axes") else ""
-    return (f"Lesion pixels: probability ≥ {thr:.2f}{tta}; connected components of ≥ {int(pp.get('min_size') or 0)} "
-            f"px kept. Segmented: {n} lesion{'s' if n != 1 else ''}, {amount} in total.")
+    min_size = int(pp.get("min_size") or 0)
+    return (f"Lesion pixels: probability ≥ {thr:.2f}{tta}; connected components of ≥ {min_size} px kept. "
+            f"Segmented: {n} lesion{'s' if n != 1 else ''}, {amount} in total.")
 
 
 def _lesion_rows(lesions: Sequence[dict[str, Any]], is_sequence: bool,
