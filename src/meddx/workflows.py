@@ -46,6 +46,17 @@ def _dataset_for_run(run: Any, data: str | Path) -> Any:
     return ds
 
 
+def _load_run(run_dir: str | Path, tta: bool = False) -> Any:
+    """The RUN in `run_dir`, with flip test-time augmentation switched on when `tta` (segmentation runs)."""
+    from meddx.runs import load_run
+
+    run = load_run(run_dir)
+    if tta:
+        from meddx.train.segmentation import enable_tta
+        enable_tta(run)
+    return run
+
+
 def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path, split: str = "test",
                  report: bool = False, tta: bool = False, log: Log = print) -> dict[str, Any]:
     """Metrics, curves and calibration of a RUN on one split of DATA, written to `out` (`tta`: flip
@@ -53,12 +64,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path, split: 
     from meddx.data.prepare import load_masks, materialise
     from meddx.data.splits import assign_splits
     from meddx.evaluate.plots import write_classification_outputs
-    from meddx.runs import load_run
 
-    run = load_run(run_dir)
-    if tta:
-        from meddx.train.segmentation import enable_tta
-        enable_tta(run)
+    run = _load_run(run_dir, tta)
     if run.info.get("kind") == "segmenter":
         from meddx.train.segmentation import evaluate_segmenter
         return evaluate_segmenter(run, data, out, split=split, log=log)
@@ -276,12 +283,8 @@ def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
     """predictions.csv for every input (+ heatmap .npy, overlay PNG and lesions.csv with --heatmaps; `tta`:
     flip test-time augmentation, segmentation runs)."""
     from meddx.explain import lesions_table, save_overlay, save_volume_overlay
-    from meddx.runs import load_run
 
-    run = load_run(run_dir)
-    if tta:
-        from meddx.train.segmentation import enable_tta
-        enable_tta(run)
+    run = _load_run(run_dir, tta)
     files = _inputs(inputs)
     if run.info.get("kind") == "segmenter":
         from meddx.train.segmentation import predict_segmentations
@@ -352,21 +355,16 @@ def report_studies(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
     A classifier RUN reports its decision with a Grad-CAM heatmap; a segmentation RUN its lesion mask,
     probability map and lesion sizes (`tta`: flip test-time augmentation)."""
     from meddx.report import render_batch, render_study_report
-    from meddx.runs import load_run
 
-    run = load_run(run_dir)
-    if tta:
-        from meddx.train.segmentation import enable_tta
-        enable_tta(run)
+    run = _load_run(run_dir, tta)
     files = _inputs(inputs)
     studies = []
     for f in files:
-        if run.info.get("kind") == "segmenter":
-            from meddx.train.segmentation import segmentation_study
-            with naming(f):
+        with naming(f):
+            if run.info.get("kind") == "segmenter":
+                from meddx.train.segmentation import segmentation_study
                 s = segmentation_study(run, f)
-        else:
-            with naming(f):
+            else:
                 s = predict_study(run, f, heatmap=True)
         if include_phi:
             try:

@@ -346,13 +346,12 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
         doc.p(_segmentation_finding(study, run_info))
         if study.get("note"):
             doc.p(str(study["note"]))
-    if threshold is not None and p_pos is not None and seg:
-        level, sentence = confidence_statement(p_pos, float(threshold))
-    elif threshold is not None and p_pos is not None:
-        sens, spec = _run_sens_spec(run_info, positive)
-        doc.p(f"Operating threshold for '{positive}': {float(threshold):.3f} (probability of '{positive}' here: "
-              f"{p_pos:.3f}). On validation at this threshold the model had sensitivity {_num(sens)} and "
-              f"specificity {_num(spec)}.")
+    if threshold is not None and p_pos is not None:
+        if not seg:  # a segmenter's validation is Dice (model card), not sensitivity / specificity
+            sens, spec = _run_sens_spec(run_info, positive)
+            doc.p(f"Operating threshold for '{positive}': {float(threshold):.3f} (probability of '{positive}' here: "
+                  f"{p_pos:.3f}). On validation at this threshold the model had sensitivity {_num(sens)} and "
+                  f"specificity {_num(spec)}.")
         level, sentence = confidence_statement(p_pos, float(threshold))
     else:
         probs = sorted((float(p) for p in study.get("probs") or [prob]), reverse=True)
@@ -378,15 +377,12 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
 
     doc.h("Segmented lesions" if seg else "Candidate lesions")
     lesions = list(study.get("lesions") or [])
-    if lesions and seg:
-        header, rows = _lesion_rows(lesions, is_seq, score_name="Peak probability")
+    if lesions:
+        header, rows = _lesion_rows(lesions, is_seq, score_name="Peak probability" if seg else "Peak relevance")
         doc.table(header, rows)
         doc.p("One row per connected component of the predicted mask; sizes are bounding-box extents along the "
-              "array axes, areas and volumes are voxel counts times the voxel size.", "small")
-    elif lesions:
-        header, rows = _lesion_rows(lesions, is_seq)
-        doc.table(header, rows)
-        doc.p("Regions where the model's relevance heatmap is high; sizes are bounding-box extents along the "
+              "array axes, areas and volumes are voxel counts times the voxel size." if seg else
+              "Regions where the model's relevance heatmap is high; sizes are bounding-box extents along the "
               "array axes. They show where the model looked, not confirmed lesion boundaries.", "small")
     else:
         doc.p("No lesion was segmented." if seg else "No candidate lesion regions were found in the heatmap.")
