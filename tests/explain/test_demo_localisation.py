@@ -6,36 +6,22 @@ import json
 
 import pytest
 
-# Exact pointing game (no pixel tolerance): the hottest heatmap pixel must lie inside the lesion mask.
-# The issue asks for 0.9; the demo recipe measured 0.739 (88 lesion cases; 0.45 before the recipe change), so this
-# is the highest honest bar reached so far. A smaller training set (n=720) collapsed localisation, so the test
-# trains the full demo set.
-MIN_HIT_RATE = 0.7
+# Exact pointing game (no pixel tolerance): the hottest heatmap pixel must lie inside the lesion mask. A smaller
+# training set (n=720) collapsed localisation, so the test trains the full demo set.
 
 
 @pytest.mark.slow
-def test_demo_recipe_gradcam_pointing_game(tmp_path) -> None:
-    from meddx.workflows import run_demo
-
-    # a fixed epoch count (not the demo's wall-clock budget), so the result does not depend on machine load
-    summary = run_demo(tmp_path / "demo", epochs=30, minutes=60, log=lambda s: None)
-    metrics = json.loads(open(summary["metrics"], encoding="utf-8").read())
-    loc = metrics["localisation"]
-    assert loc["method"] == "gradcam" and loc["tolerance"] == 0.0
-    assert loc["n_evaluated"] >= 80
-    assert metrics["auc"] >= 0.9
-    assert loc["pointing_hit_rate"] >= MIN_HIT_RATE, loc
-
-
-@pytest.mark.slow
-def test_fine_grid_recipe_gradcam_pointing_game_reaches_0_9(tmp_path) -> None:
-    """The demo data with FINE_CAM_MODEL (32x32 Grad-CAM grid, 40 epochs): the issue's >= 0.9, exact.
-
-    Measured 0.943 on 88 lesion slices (AUC 0.989); several minutes on 2 cores."""
+def test_demo_gradcam_pointing_game_reaches_0_9(tmp_path) -> None:
+    """The demo's own recipe (FINE_CAM_MODEL: 32x32 Grad-CAM grid) on its synthetic data, 40 epochs: the issue's >= 0.9,
+    exact. Measured 0.943 on 88 lesion slices (AUC 0.989, AMD EPYC); 30 epochs on an Intel Xeon 0.932 (AUC 0.986).
+    The strided-stem DEMO_MODEL it replaced scored 0.739 / 0.477 on those two machines."""
     from meddx.workflows import FINE_CAM_MODEL, run_demo
 
-    summary = run_demo(tmp_path / "demo", epochs=40, minutes=120, log=lambda s: None, model_options=FINE_CAM_MODEL)
+    summary = run_demo(tmp_path / "demo", epochs=40, minutes=120, log=lambda s: None)  # the demo's default model
+    run = json.loads((tmp_path / "demo" / "run" / "run.json").read_text(encoding="utf-8"))
+    assert run["config"]["model_options"] == FINE_CAM_MODEL
     metrics = json.loads(open(summary["metrics"], encoding="utf-8").read())
     loc = metrics["localisation"]
+    assert metrics["auc"] >= 0.9
     assert loc["method"] == "gradcam" and loc["tolerance"] == 0.0 and loc["n_evaluated"] >= 80
     assert loc["pointing_hit_rate"] >= 0.9, loc
