@@ -192,8 +192,8 @@ def synthetic_split() -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["lstm", "tcn", "transformer"])
-def test_heads_learn_synthetic_sequences(name: str, synthetic_split: dict) -> None:
+@pytest.mark.parametrize("name, min_auc", [("lstm", 0.7), ("tcn", 0.6), ("transformer", 0.7)])
+def test_heads_learn_synthetic_sequences(name: str, min_auc: float, synthetic_split: dict) -> None:
     """Heads on the frozen pretrained frame encoder (max pooling + lesion-map channel) beat AUC 0.7 (tcn: 0.6) on 48
     held-out synthetic lesion studies (chance 0.5; its sd under the null is ~0.085 here; measured 2026-11-24 on an AMD
     EPYC: lstm 0.82, tcn 0.73, transformer 0.79; 2026-11-30 on an Intel Xeon tcn 0.64-0.66 over 3 seeds and 40
@@ -209,4 +209,4 @@ def test_heads_learn_synthetic_sequences(name: str, synthetic_split: dict) -> No
     assert load_frame_encoder(model, d["encoder"]) == 2 * len(SYN["filters"]) + 1  # conv/BN stages + lesion map
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.BinaryCrossentropy(from_logits=True))
     model.fit(d["x_train"], d["y_train"], epochs=SYN["epochs"], batch_size=8, verbose=0)
-    assert roc_auc_score(d["y_test"], model.predict(d["x_test"], verbose=0).ravel()) > (0.6 if name == "tcn" else 0.7)
+    assert roc_auc_score(d["y_test"], model.predict(d["x_test"], verbose=0).ravel()) > min_auc
