@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seg-loss", choices=SEG_LOSSES,
                    help="segmentation loss: soft Dice per sample + cross-entropy (default); lesion_dice_bce: "
                         "the Dice term over lesion-containing samples only, so lesion-free slices are taught by "
-                        "cross-entropy alone; or Tversky (missed lesion weighs 0.7, false alarm 0.3) + cross-entropy")
+                        "cross-entropy alone; batch_dice_bce: one Dice over the whole batch's pixels, so a false "
+                        "alarm costs in proportion to its size; or Tversky (missed lesion weighs 0.7, false alarm 0.3) + cross-entropy")
     t.add_argument("--channel-dropout", type=float, metavar="P",
                    help="2D segmentation: zero one random input channel with probability P while training, so a "
                         "multi-sequence model does not lean on one sequence")
@@ -60,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="2D segmentation: train on random NxN crops of the --image-size images (half of the "
                         "lesion slices' crops centred on lesion) and predict whole images: full resolution for "
                         "small lesions at the training cost of N px")
+    t.add_argument("--stack-min-fraction", type=float, dest="stack_min_fraction", metavar="F",
+                   help="2D segmentation: when evaluating, stack each patient's slices (natural name order) and "
+                        "drop 3D lesion components smaller than F x that patient's largest (e.g. 0.25): removes "
+                        "one-slice false alarms; stored in the RUN")
     t.add_argument("--max-minutes", type=float, help="stop training cleanly after this many minutes")
     t.add_argument("--config", help="JSON or TOML file of training settings (options given here override it)")
     t.add_argument("--seed", type=int)
@@ -73,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     e.add_argument("--report", action="store_true", help="also write an HTML evaluation report")
     e.add_argument("--tta", action="store_true", help=TTA_HELP)
+    e.add_argument("--stack-min-fraction", type=float, dest="stack_min_fraction", metavar="F",
+                   help="2D segmentation runs: stack post-processing with F instead of the RUN's own (0: off)")
 
     pr = sub.add_parser("predict", help="predictions.csv for images, volumes or DICOM series")
     pr.add_argument("run")
@@ -145,7 +152,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = cfg.updated({k: getattr(args, k) for k in ("model", "task", "epochs", "batch_size", "learning_rate",
                                                          "augment", "intensity", "max_minutes", "seed",
                                                          "select_channels", "channel_dropout", "lesion_fade",
-                                                         "seg_loss", "patch_size")},
+                                                         "seg_loss", "patch_size", "stack_min_fraction")},
                           source="command line")
         cfg = cfg.updated({"image_size": args.image_size})
         if cfg.task == "segmentation":
@@ -160,7 +167,8 @@ def _run(args: argparse.Namespace) -> int:
     if cmd == "evaluate":
         from meddx.workflows import evaluate_run
 
-        evaluate_run(args.run, args.data, args.out, split=args.split, report=args.report, tta=args.tta)
+        evaluate_run(args.run, args.data, args.out, split=args.split, report=args.report, tta=args.tta,
+                     stack_min_fraction=args.stack_min_fraction)
         return 0
     if cmd == "predict":
         from meddx.workflows import predict_inputs

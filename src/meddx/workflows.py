@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from meddx.errors import DataError, InputError, naming
+from meddx.errors import ConfigError, DataError, InputError, naming
 from meddx.utils import atomic_write_json, atomic_write_text
 
 Log = Callable[[str], None]
@@ -58,14 +58,22 @@ def _load_run(run_dir: str | Path, tta: bool = False) -> Any:
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path, split: str = "test",
-                 report: bool = False, tta: bool = False, log: Log = print) -> dict[str, Any]:
+                 report: bool = False, tta: bool = False, log: Log = print,
+                 stack_min_fraction: float | None = None) -> dict[str, Any]:
     """Metrics, curves and calibration of a RUN on one split of DATA, written to `out` (`tta`: flip
-    test-time augmentation, segmentation runs)."""
+    test-time augmentation, segmentation runs; `stack_min_fraction`: replaces a 2D segmenter's stored
+    stack post-processing)."""
     from meddx.data.prepare import load_masks, materialise
     from meddx.data.splits import assign_splits
     from meddx.evaluate.plots import write_classification_outputs
 
     run = _load_run(run_dir, tta)
+    if stack_min_fraction is not None:
+        if run.info.get("kind") != "segmenter" or run.info.get("spatial_ndim") != 2:
+            raise ConfigError("--stack-min-fraction applies to 2D segmentation runs only", run.path)
+        if not 0 <= stack_min_fraction < 1:
+            raise ConfigError(f"--stack-min-fraction must be in [0, 1), got {stack_min_fraction}")
+        run.info.setdefault("postprocess", {})["stack_min_fraction"] = float(stack_min_fraction)
     if run.info.get("kind") == "segmenter":
         from meddx.train.segmentation import evaluate_segmenter
         return evaluate_segmenter(run, data, out, split=split, log=log)

@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 
 from meddx.data.lgg import paired_folder_dataset
 from meddx.train.config import TrainConfig
-from meddx.train.segmentation import postprocess_mask, sliding_window_predict
+from meddx.train.segmentation import postprocess_mask, postprocess_stacks, sliding_window_predict
 
 SIZE = 40  # generated images; the model trains at 32 px, so predictions are resized back
 
@@ -149,6 +149,75 @@ def test_postprocess_removes_small_components() -> None:
     assert postprocess_mask(m, min_size=5).sum() == 56
     assert postprocess_mask(m, keep_largest=1).sum() == 36
     assert postprocess_mask(m).sum() == 60
+
+
+def test_stack_postprocessing_drops_one_slice_alarms_and_keeps_the_lesion_across_slices() -> None:
+    # patient a: a lesion through slices 2-10 (named out of order: slice 10 sorts after 9, not after 1),
+    # a small blob on slice 1 far from it; patient b: a lone blob, its own largest, so it stays
+    slices = {n: np.zeros((20, 20), bool) for n in range(1, 11)}
+    for n in range(2, 11):
+        slices[n][5:10, 5:10] = True
+    slices[1][15:18, 15:18] = True  # 9 px; the lesion is 225 px
+    names = [f"a/a_{n}.png" for n in (10, 1, 2, 3, 4, 5, 6, 7, 8, 9)]
+    masks = [slices[int(Path(n).stem.split("_")[1])] for n in names]
+    lone = np.zeros((20, 20), bool)
+    lone[0:2, 0:2] = True
+    out, skipped = postprocess_stacks(masks + [lone], ["a"] * 10 + ["b"], names + ["b/b_1.png"], 0.25)
+    assert skipped == 0
+    assert not out[1].any()  # a_1: the 9 px alarm is under 0.25 x 225 px
+    assert all(out[k].sum() == 25 for k in (0, 2, 3, 4, 5, 6, 7, 8, 9))  # the lesion, slice 10 included
+    assert out[10].sum() == 4
+    kept, _ = postprocess_stacks(masks, ["a"] * 10, names, 0.03)  # 9 px >= 0.03 x 225 px: kept
+    assert kept[1].sum() == 9
+    same, _ = postprocess_stacks(masks, ["a"] * 10, names, 0.0)
+    assert all((s == m).all() for s, m in zip(same, masks))
+    odd, skipped = postprocess_stacks([np.ones((4, 4), bool), np.ones((5, 5), bool)], ["c", "c"], ["c_1", "c_2"], 0.5)
+    assert skipped == 1 and odd[0].sum() == 16 and odd[1].sum() == 25
+
+
+def test_stack_postprocessing_is_applied_by_evaluate(trained: tuple[Path, dict], discs: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import meddx.train.segmentation as seg
+    from meddx.runs import load_run
+
+    out, _ = trained
+    run = load_run(out)
+    plain = seg.evaluate_segmenter(run, discs, tmp_path / "plain", log=lambda s: None)
+    seen: list[int] = []
+    real = seg.postprocess_stacks
+
+    def spy(masks, patients, names, fraction):  # type: ignore[no-untyped-def]
+        seen.append(len(masks))
+        return real(masks, patients, names, fraction)
+
+    monkeypatch.setattr(seg, "postprocess_stacks", spy)
+    from meddx.cli import main
+
+    assert main(["evaluate", str(out), str(discs), "--out", str(tmp_path / "stacked"),
+                 "--stack-min-fraction", "0.5"]) == 0
+    stacked = json.loads((tmp_path / "stacked" / "metrics.json").read_text())
+    assert seen == [plain["n"]]
+    assert main(["evaluate", str(out), str(discs), "--out", str(tmp_path / "bad"), "--stack-min-fraction", "1.5"]) == 2
+    assert not (tmp_path / "bad" / "metrics.json").exists()
+    # the discs move between slices (not one 3D lesion): components under half the largest go
+    assert stacked["fp_per_image"] <= plain["fp_per_image"]
+    assert sum(c["pred_empty"] for c in stacked["per_case"]) >= sum(c["pred_empty"] for c in plain["per_case"])
+
+
+def test_stack_min_fraction_is_validated_and_recorded(tmp_path: Path) -> None:
+    from meddx.cli import main
+    from meddx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stack_min_fraction"):
+        TrainConfig(task="segmentation", stack_min_fraction=1.0).validate()
+    with pytest.raises(ConfigError, match="segmentation only"):
+        TrainConfig(task="classification", stack_min_fraction=0.25).validate()
+    data = make_discs(tmp_path / "small", n_patients=5, per_patient=3, seed=3)
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(out), "--task", "segmentation", "--epochs", "1",
+                 "--image-size", "32", "--stack-min-fraction", "0.25"]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["config"]["stack_min_fraction"] == 0.25 and info["postprocess"]["stack_min_fraction"] == 0.25
 
 
 def test_cli_train_segmentation(tmp_path: Path) -> None:
@@ -328,6 +397,26 @@ def test_lesion_dice_leaves_empty_slices_to_cross_entropy() -> None:
     assert abs(float(lesion_only(truth, logit(missed))) - bce(missed) - (1 - 65 / 97)) < 0.01
 
 
+def test_batch_dice_charges_a_false_alarm_by_its_size() -> None:
+    """batch_dice_bce: one Dice over the batch's pixels: 8 false pixels on a lesion-free slice next to a 64 px
+    lesion cost 1 - (2*64 + 1) / (64 + 72 + 1), not half the batch's Dice term as per-sample Dice charges."""
+    from meddx.train.segmentation import SEGMENTATION_LOSSES
+
+    truth = np.zeros((2, 16, 16, 1), np.float32)
+    truth[0, 4:12, 4:12] = 1.0
+    logit = lambda m: (m * 2 - 1) * 20.0  # noqa: E731
+    bce = lambda pred: float(np.mean(np.abs(truth - pred))) * 20.0  # noqa: E731
+    batch, per_sample = SEGMENTATION_LOSSES["batch_dice_bce"], SEGMENTATION_LOSSES["dice_bce"]
+    assert float(batch(truth, logit(truth))) < 0.01
+    extra = truth.copy()
+    extra[1, 0:2, 0:4] = 1.0
+    assert abs(float(batch(truth, logit(extra))) - bce(extra) - (1 - 129 / 137)) < 0.01
+    assert float(batch(truth, logit(extra))) < float(per_sample(truth, logit(extra))) - 0.3
+    missed = truth.copy()
+    missed[0, 4:8] = 0.0  # half the lesion missed: Dice 2*32 / 96
+    assert abs(float(batch(truth, logit(missed))) - bce(missed) - (1 - 65 / 97)) < 0.01
+
+
 def test_random_crop_keeps_image_and_mask_aligned_and_finds_the_lesion() -> None:
     """patch_size: every crop is the same window of image and mask; about half of a lesion slice's crops are
     centred on lesion (so hold some), the others fall anywhere (so some of them miss a corner lesion)."""
@@ -472,3 +561,8 @@ def test_segmentation_study_of_a_volume_through_a_2d_model(trained: tuple[Path, 
     html = Path(paths["html"]).read_text()
     assert "Peak lesion probability per slice" in html and "mL in total" in html
     assert (tmp_path / "rep" / "volume_overview.png").is_file()
+    # stack post-processing on the volume: components under 0.99 x the largest go, the largest stays
+    run.info["postprocess"]["stack_min_fraction"] = 0.99
+    kept = segmentation_study(run, tmp_path / "stack.nii.gz")
+    sizes = sorted(int(les["n_px"]) for les in s["lesions"])
+    assert [int(les["n_px"]) for les in kept["lesions"]] == sizes[-1:]

@@ -11,7 +11,7 @@ from typing import Any
 from meddx.errors import ConfigError
 
 
-SEG_LOSSES = ("dice_bce", "lesion_dice_bce", "tversky_bce")  # names of meddx.train.segmentation.SEGMENTATION_LOSSES
+SEG_LOSSES = ("dice_bce", "lesion_dice_bce", "batch_dice_bce", "tversky_bce")  # names of meddx.train.segmentation.SEGMENTATION_LOSSES
 
 
 @dataclass
@@ -40,6 +40,7 @@ class TrainConfig:
     channel_dropout: float = 0.0  # segmentation 2D: zero one random input channel with this probability
     lesion_fade: float = 0.0  # segmentation 2D: with this probability cut a training lesion's contrast by 0-90 %
     patch_size: int | None = None  # segmentation 2D: train on random crops of this side, predict whole images
+    stack_min_fraction: float = 0.0  # segmentation 2D: per patient, drop 3D components < this x the largest
     seg_loss: str = "dice_bce"  # segmentation: one of SEG_LOSSES (the losses are described in `meddx train --help`)
     threads: int | None = None  # TF intra-op threads; None = all cores
     model_options: dict[str, Any] | None = None  # extra model-builder arguments (e.g. {"pooling": "max"})
@@ -86,13 +87,16 @@ class TrainConfig:
             raise ConfigError(f"channel_dropout must be in [0, 1), got {self.channel_dropout}")
         if not 0 <= self.lesion_fade <= 1:
             raise ConfigError(f"lesion_fade must be in [0, 1], got {self.lesion_fade}")
+        if not 0 <= self.stack_min_fraction < 1:
+            raise ConfigError(f"stack_min_fraction must be in [0, 1), got {self.stack_min_fraction}")
         if self.patch_size is not None and not 16 <= self.patch_size <= 1024:
             raise ConfigError(f"patch_size must be between 16 and 1024, got {self.patch_size}")
         if self.task not in ("classification", "segmentation"):
             raise ConfigError(f"task must be classification or segmentation, got {self.task!r}")
         if self.task == "classification" and (self.channel_dropout or self.lesion_fade or self.seg_loss != "dice_bce"
-                                              or self.patch_size):
-            raise ConfigError("channel_dropout, lesion_fade, patch_size and seg_loss apply to --task segmentation only")
+                                              or self.patch_size or self.stack_min_fraction):
+            raise ConfigError("channel_dropout, lesion_fade, patch_size, seg_loss and stack_min_fraction apply to "
+                              "--task segmentation only")
         if self.model_options is not None and not isinstance(self.model_options, dict):
             raise ConfigError(f"model_options must be a table/dict of builder arguments, got {self.model_options!r}")
         if self.image_size is not None and not 8 <= self.image_size <= 1024:

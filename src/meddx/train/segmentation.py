@@ -132,6 +132,20 @@ def lesion_dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
     return _bce_plus_overlap_loss(y_true, y_pred, _soft_dice, lesion_only=True)
 
 
+def batch_dice_bce_loss(y_true: Any, y_pred: Any) -> Any:
+    """Binary cross-entropy + one soft Dice over all the batch's pixels together (nnU-Net's "batch Dice").
+
+    Per-sample Dice scores a lesion-free crop 1 / (1 + sum p): any probability mass there costs almost the whole
+    term, which teaches a network to stay near 0 wherever it is unsure (faint lesions); pooled over the batch a
+    false alarm costs in proportion to its size, as in the Dice being measured."""
+    from keras import ops
+
+    y_true = ops.cast(y_true, "float32")
+    bce = ops.mean(ops.binary_crossentropy(y_true, y_pred, from_logits=True))
+    axes = tuple(range(len(y_pred.shape)))
+    return bce + 1.0 - _soft_dice(ops.sigmoid(y_pred), y_true, axes)
+
+
 def tversky_bce_loss(y_true: Any, y_pred: Any, alpha: float = 0.3, beta: float = 0.7) -> Any:
     """Soft Tversky (per sample; beta > alpha weighs missed lesion above false alarm) + binary cross-entropy."""
     from keras import ops
@@ -146,6 +160,7 @@ def tversky_bce_loss(y_true: Any, y_pred: Any, alpha: float = 0.3, beta: float =
 
 
 SEGMENTATION_LOSSES = {"dice_bce": dice_bce_loss, "lesion_dice_bce": lesion_dice_bce_loss,
+                       "batch_dice_bce": batch_dice_bce_loss,
                        "tversky_bce": tversky_bce_loss}
 
 
@@ -207,6 +222,48 @@ def postprocess_mask(mask: np.ndarray, min_size: int = 0, keep_largest: int | No
         largest = np.zeros_like(keep)
         largest[order[: int(keep_largest)]] = True
         keep &= largest
+    keep[0] = False
+    return keep[lab]
+
+
+def postprocess_stacks(masks: Sequence[np.ndarray], patients: Sequence[str], names: Sequence[str],
+                       min_fraction: float) -> tuple[list[np.ndarray], int]:
+    """Slice masks of one patient stacked in natural name order (slice 2 before slice 10): drop the 3D
+    connected components (26-connected) with fewer voxels than `min_fraction` of that patient's largest.
+
+    A 2D model sees one slice at a time; a lesion spans neighbouring slices, a false alarm on FLAIR-bright
+    tissue mostly does not. Returns (masks in the input order, the number of patients left as they were
+    because their slices differ in shape: counted, not named, as patient IDs stay out of logs)."""
+    from meddx.data.lgg import _natural_key
+
+    out = [np.asarray(m, dtype=bool) for m in masks]
+    skipped = 0
+    if min_fraction <= 0:
+        return out, skipped
+    patients = np.asarray([str(p) for p in patients])
+    for patient in sorted(set(patients)):
+        idx = sorted(np.flatnonzero(patients == patient), key=lambda i: _natural_key(Path(str(names[i]))))
+        if len({out[i].shape for i in idx}) > 1 or out[idx[0]].ndim != 2:
+            skipped += 1
+            continue
+        volume = drop_minor_components(np.stack([out[i] for i in idx]), min_fraction)
+        for z, i in enumerate(idx):
+            out[i] = volume[z]
+    return out, skipped
+
+
+def drop_minor_components(volume: np.ndarray, min_fraction: float) -> np.ndarray:
+    """Keep the 26-connected components of a (slices, H, W) mask with at least `min_fraction` of the largest's
+    voxels: the lesion that runs through neighbouring slices stays, one-slice false alarms go."""
+    from scipy import ndimage
+
+    m = np.asarray(volume, dtype=bool)
+    if min_fraction <= 0 or not m.any():
+        return m
+    lab, k = ndimage.label(m, structure=ndimage.generate_binary_structure(3, 3))
+    sizes = np.bincount(lab.ravel(), minlength=k + 1)
+    sizes[0] = 0
+    keep = sizes >= min_fraction * sizes.max()
     keep[0] = False
     return keep[lab]
 
@@ -572,7 +629,8 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
         "patch": list(patch) if ndim == 3 else None,
         "inference": "resize" if ndim == 2 else "sliding_window",
         "overlap": 0.5,
-        "postprocess": {"min_size": 0 if ndim == 3 else 10, "keep_largest": None},
+        "postprocess": {"min_size": 0 if ndim == 3 else 10, "keep_largest": None,
+                        "stack_min_fraction": float(cfg.stack_min_fraction) if ndim == 2 else 0.0},
         "preprocessing": prep.get_config(),
         "config": {**cfg.to_dict(), "model": model_name, "task": "segmentation", "epochs": epochs,
                    "batch_size": batch},
@@ -701,6 +759,7 @@ def predict_segmentation(run: Any, path: str | Path) -> dict[str, Any]:
             xk = prep.batch([img.array[k]], progress=False)[0]
             probs.append(_resize(model_probability(run, xk), spatial[1:], order=1))
         prob, mask = _finish(run, np.stack(probs))
+        mask = drop_minor_components(mask, float((run.info.get("postprocess") or {}).get("stack_min_fraction") or 0))
     else:
         raise InputError(f"is a {img.spatial_ndim}D image; this segmenter is {n}D", path)
     spacing = _spacing_of(img)
@@ -803,6 +862,16 @@ def evaluate_segmenter(run: Any, data: str | Path | Dataset, out: str | Path, sp
         truths.append(truth)
         spacings.append(_spacing_of(img))
         shown.append(img)
+    stack_fraction = float((run.info.get("postprocess") or {}).get("stack_min_fraction") or 0.0)
+    if stack_fraction > 0 and run.info.get("spatial_ndim") == 2:
+        if ds.patient_ids is None:
+            log("note: stack post-processing needs patient IDs to group slices; this data has none, not applied")
+        else:
+            preds, skipped = postprocess_stacks(preds, ds.patient_ids[idx], [ds.items[i] for i in idx],
+                                                stack_fraction)
+            if skipped:
+                log(f"warning: {skipped} patient(s) have slices of different shapes; their slices were not "
+                    f"stack post-processed")
     known = all(s is not None for s in spacings)
     metrics = segmentation_metrics(preds, truths, spacings if known else None)
     metrics["units"] = "mm" if known else "px"
