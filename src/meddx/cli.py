@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="segmentation loss: soft Dice per sample + cross-entropy (default); lesion_dice_bce: "
                         "the Dice term over lesion-containing samples only, so lesion-free slices are taught by "
                         "cross-entropy alone; batch_dice_bce: one Dice over the whole batch's pixels, so a false "
-                        "alarm costs in proportion to its size; or Tversky (missed lesion weighs 0.7, false alarm 0.3) + cross-entropy")
+                        "alarm costs in proportion to its size; or Tversky (missed lesion weighs 0.7, false alarm "
+                        "0.3) + cross-entropy")
     t.add_argument("--channel-dropout", type=float, metavar="P",
                    help="2D segmentation: zero one random input channel with probability P while training, so a "
                         "multi-sequence model does not lean on one sequence")
@@ -62,9 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                         "lesion slices' crops centred on lesion) and predict whole images: full resolution for "
                         "small lesions at the training cost of N px")
     t.add_argument("--stack-min-fraction", type=float, dest="stack_min_fraction", metavar="F",
-                   help="2D segmentation: when evaluating, stack each patient's slices (natural name order) and "
-                        "drop 3D lesion components smaller than F x that patient's largest (e.g. 0.25): removes "
-                        "one-slice false alarms; stored in the RUN")
+                   help="2D segmentation: stack each patient's slices (evaluate: grouped by patient ID, natural "
+                        "name order; predict/report: a volume) and drop 3D lesion components smaller than F x that "
+                        "patient's largest (e.g. 0.25): removes one-slice false alarms; stored in the RUN")
     t.add_argument("--max-minutes", type=float, help="stop training cleanly after this many minutes")
     t.add_argument("--config", help="JSON or TOML file of training settings (options given here override it)")
     t.add_argument("--seed", type=int)

@@ -11,7 +11,8 @@ from typing import Any
 from meddx.errors import ConfigError
 
 
-SEG_LOSSES = ("dice_bce", "lesion_dice_bce", "batch_dice_bce", "tversky_bce")  # names of meddx.train.segmentation.SEGMENTATION_LOSSES
+# names of meddx.train.segmentation.SEGMENTATION_LOSSES
+SEG_LOSSES = ("dice_bce", "lesion_dice_bce", "batch_dice_bce", "tversky_bce")
 
 
 @dataclass
