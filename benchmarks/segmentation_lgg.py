@@ -38,7 +38,7 @@ Measured 2026-11-30 (same box): `--stack-min-fraction 0.25` (each patient's slic
 a quarter of the largest dropped) on those runs: 0.682 / 0.660 (seeds 0 / 1), 0.27 / 0.31 FP per slice, all
 slices 0.785 / 0.755 (`--rescore --stack-min-fraction 0.25` scores trained folds again); the fraction was chosen
 on seed 0's folds. `--seg-loss batch_dice_bce` folds 0, 1, 3: 0.617, 0.753, 0.142 (per-sample Dice 0.659,
-0.833, 0.354); `--lesion-fade 0.8` fold 0 0.472 (0.641 at 0.5).
+0.833, 0.354); `--lesion-fade 0.8` fold 0 0.472 (0.641 at 0.5); `--patch 192` folds 0, 3: 0.603, 0.230.
 """
 
 from __future__ import annotations
