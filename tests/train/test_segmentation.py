@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import json
 from pathlib import Path
 
@@ -566,3 +567,5 @@ def test_segmentation_study_of_a_volume_through_a_2d_model(trained: tuple[Path, 
     kept = segmentation_study(run, tmp_path / "stack.nii.gz")
     sizes = sorted(int(les["n_px"]) for les in s["lesions"])
     assert [int(les["n_px"]) for les in kept["lesions"]] == sizes[-1:]
+    html = Path(render_study_report(kept, run.info, tmp_path / "rep2")["html"]).read_text()
+    assert "fewer than 0.99 × the largest" in html, re.findall(r"Lesion pixels[^<]*", html)

@@ -135,7 +135,10 @@ def _segmentation_finding(study: dict[str, Any], run_info: dict[str, Any]) -> st
         amount = f"{ml:.2f} mL" if np.ndim(study.get("heatmap")) == 3 else f"{ml * 1000:.0f} mm²"
     tta = " (averaged over the input and its flips)" if study.get("tta_flip_axes") else ""
     min_size = int(pp.get("min_size") or 0)
-    return (f"Lesion pixels: probability ≥ {thr:.2f}{tta}; connected components of ≥ {min_size} px kept. "
+    stack = float(pp.get("stack_min_fraction") or 0.0)
+    across = (f" Across slices, components with fewer than {stack:.2f} × the largest's voxels dropped."
+              if stack > 0 and np.ndim(study.get("heatmap")) == 3 else "")
+    return (f"Lesion pixels: probability ≥ {thr:.2f}{tta}; connected components of ≥ {min_size} px kept.{across} "
             f"Segmented: {n} lesion{'s' if n != 1 else ''}, {amount} in total.")
 
 
