@@ -34,7 +34,8 @@ def _split_ext(name: str) -> tuple[str, str]:
     return (stem, "." + ext) if dot else (name, "")
 
 
-def _natural_key(p: Path) -> list[object]:
+def natural_key(p: Path) -> list[object]:
+    """Sort key that orders numbered names as numbers: slice_2 before slice_10."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(p))]
 
 
@@ -78,7 +79,7 @@ def find_pairs(root: str | Path) -> list[tuple[Path, Path, str]]:
         rel = m.parent.relative_to(root)
         patient = rel.parts[0] if rel.parts else stem
         pairs.append((img, m, patient))
-    pairs.sort(key=lambda t: (t[2], _natural_key(t[0])))
+    pairs.sort(key=lambda t: (t[2], natural_key(t[0])))
     return pairs
 
 

@@ -234,7 +234,7 @@ def postprocess_stacks(masks: Sequence[np.ndarray], patients: Sequence[str], nam
     A 2D model sees one slice at a time; a lesion spans neighbouring slices, a false alarm on FLAIR-bright
     tissue mostly does not. Returns (masks in the input order, the number of patients left as they were
     because their slices differ in shape: counted, not named, as patient IDs stay out of logs)."""
-    from meddx.data.lgg import _natural_key
+    from meddx.data.lgg import natural_key
 
     out = [np.asarray(m, dtype=bool) for m in masks]
     skipped = 0
@@ -242,7 +242,7 @@ def postprocess_stacks(masks: Sequence[np.ndarray], patients: Sequence[str], nam
         return out, skipped
     patients = np.asarray([str(p) for p in patients])
     for patient in sorted(set(patients)):
-        idx = sorted(np.flatnonzero(patients == patient), key=lambda i: _natural_key(Path(str(names[i]))))
+        idx = sorted(np.flatnonzero(patients == patient), key=lambda i: natural_key(Path(str(names[i]))))
         if len({out[i].shape for i in idx}) > 1 or out[idx[0]].ndim != 2:
             skipped += 1
             continue
