@@ -219,13 +219,13 @@ def _train_and_test(ds, cfg, args, run_dir: Path, eval_dir: Path):
 def _score(ds, args, run_dir: Path, eval_dir: Path) -> dict:
     """Test-split metrics of a trained RUN (flip test-time augmentation with --tta)."""
     from meddx.runs import load_run
-    from meddx.train.segmentation import enable_tta, evaluate_segmenter
+    from meddx.train.segmentation import enable_tta, evaluate_segmenter, set_stack_min_fraction
 
     run = load_run(run_dir)
     if args.tta:
         enable_tta(run)
-    if args.stack_min_fraction is not None:  # rescoring a run trained with another setting
-        run.info.setdefault("postprocess", {})["stack_min_fraction"] = float(args.stack_min_fraction)
+    if args.stack_min_fraction is not None:  # e.g. rescoring a run trained without it
+        set_stack_min_fraction(run, args.stack_min_fraction)
     return evaluate_segmenter(run, ds, eval_dir, split="test", log=lambda *a, **k: None)
 
 

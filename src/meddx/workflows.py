@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from meddx.errors import ConfigError, DataError, InputError, naming
+from meddx.errors import DataError, InputError, naming
 from meddx.utils import atomic_write_json, atomic_write_text
 
 Log = Callable[[str], None]
@@ -69,11 +69,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path, split: 
 
     run = _load_run(run_dir, tta)
     if stack_min_fraction is not None:
-        if run.info.get("kind") != "segmenter" or run.info.get("spatial_ndim") != 2:
-            raise ConfigError("--stack-min-fraction applies to 2D segmentation runs only", run.path)
-        if not 0 <= stack_min_fraction < 1:
-            raise ConfigError(f"--stack-min-fraction must be in [0, 1), got {stack_min_fraction}")
-        run.info.setdefault("postprocess", {})["stack_min_fraction"] = float(stack_min_fraction)
+        from meddx.train.segmentation import set_stack_min_fraction
+        set_stack_min_fraction(run, stack_min_fraction)
     if run.info.get("kind") == "segmenter":
         from meddx.train.segmentation import evaluate_segmenter
         return evaluate_segmenter(run, data, out, split=split, log=log)

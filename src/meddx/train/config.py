@@ -88,8 +88,7 @@ class TrainConfig:
             raise ConfigError(f"channel_dropout must be in [0, 1), got {self.channel_dropout}")
         if not 0 <= self.lesion_fade <= 1:
             raise ConfigError(f"lesion_fade must be in [0, 1], got {self.lesion_fade}")
-        if not 0 <= self.stack_min_fraction < 1:
-            raise ConfigError(f"stack_min_fraction must be in [0, 1), got {self.stack_min_fraction}")
+        check_stack_min_fraction(self.stack_min_fraction)
         if self.patch_size is not None and not 16 <= self.patch_size <= 1024:
             raise ConfigError(f"patch_size must be between 16 and 1024, got {self.patch_size}")
         if self.task not in ("classification", "segmentation"):
@@ -105,6 +104,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_stack_min_fraction(value: float, name: str = "stack_min_fraction") -> None:
+    """The stack post-processing fraction must lie in [0, 1): 1 or more would drop the largest lesion too."""
+    if not 0 <= value < 1:
+        raise ConfigError(f"{name} must be in [0, 1), got {value}")
 
 
 def auto_epochs(n_train: int, batch_size: int, target_steps: int = 600, lo: int = 10, hi: int = 80) -> int:

@@ -252,6 +252,11 @@ def postprocess_stacks(masks: Sequence[np.ndarray], patients: Sequence[str], nam
     return out, skipped
 
 
+def stack_min_fraction(run: Any) -> float:
+    """The RUN's stack post-processing fraction (0: off; runs trained before the option have none)."""
+    return float((run.info.get("postprocess") or {}).get("stack_min_fraction") or 0.0)
+
+
 def drop_minor_components(volume: np.ndarray, min_fraction: float) -> np.ndarray:
     """Keep the 26-connected components of a (slices, H, W) mask with at least `min_fraction` of the largest's
     voxels: the lesion that runs through neighbouring slices stays, one-slice false alarms go."""
@@ -692,6 +697,17 @@ def enable_tta(run: Any) -> None:
     tta_axes(run)
 
 
+def set_stack_min_fraction(run: Any, fraction: float) -> None:
+    """Replace this loaded 2D segmentation RUN's stack post-processing fraction (0: off), e.g. to score a run
+    trained without it."""
+    from meddx.train.config import check_stack_min_fraction
+
+    if run.info.get("kind") != "segmenter" or run.info.get("spatial_ndim") != 2:
+        raise ConfigError("--stack-min-fraction applies to 2D segmentation runs only", run.path)
+    check_stack_min_fraction(fraction, "--stack-min-fraction")
+    run.info.setdefault("postprocess", {})["stack_min_fraction"] = float(fraction)
+
+
 def model_probability(run: Any, x: np.ndarray) -> np.ndarray:
     """Lesion probability at the model's grid for one preprocessed case `x` (*spatial, C); with TTA the
     mean over the unflipped input and one flip per trained flip axis."""
@@ -759,7 +775,7 @@ def predict_segmentation(run: Any, path: str | Path) -> dict[str, Any]:
             xk = prep.batch([img.array[k]], progress=False)[0]
             probs.append(_resize(model_probability(run, xk), spatial[1:], order=1))
         prob, mask = _finish(run, np.stack(probs))
-        mask = drop_minor_components(mask, float((run.info.get("postprocess") or {}).get("stack_min_fraction") or 0))
+        mask = drop_minor_components(mask, stack_min_fraction(run))
     else:
         raise InputError(f"is a {img.spatial_ndim}D image; this segmenter is {n}D", path)
     spacing = _spacing_of(img)
@@ -862,7 +878,7 @@ def evaluate_segmenter(run: Any, data: str | Path | Dataset, out: str | Path, sp
         truths.append(truth)
         spacings.append(_spacing_of(img))
         shown.append(img)
-    stack_fraction = float((run.info.get("postprocess") or {}).get("stack_min_fraction") or 0.0)
+    stack_fraction = stack_min_fraction(run)
     if stack_fraction > 0 and run.info.get("spatial_ndim") == 2:
         if ds.patient_ids is None:
             log("note: stack post-processing needs patient IDs to group slices; this data has none, not applied")
