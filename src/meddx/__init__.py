@@ -1,8 +1,46 @@
 """meddx: medical image diagnosis with Keras 3 (TensorFlow backend).
 
-Pipeline, one sub-package per stage: io -> data -> transforms -> models -> train
--> evaluate -> explain -> report. Import-time stays cheap: TensorFlow is imported
-only inside the functions that need it.
+The Python API, cheap to import (TensorFlow loads only when a model is built or loaded):
+
+    import meddx
+    ds = meddx.load_dataset("breastmnist_trainval.npz")
+    clf = meddx.train(ds, epochs=20)                 # an in-memory predictor (RUN folder: out=...)
+    meddx.evaluate(clf, ds, split="val")             # the numbers metrics.json holds
+    clf.predict(meddx.read_image("case.png"))        # Prediction: probabilities, label, heatmap, lesions
+    meddx.load("RUN")                                # a trained RUN folder's predictor
+
+Layers, one way: cli -> app -> infer / report -> explain -> train -> evaluate -> models / transforms -> data -> io
+(checked by import-linter; see pyproject.toml).
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
 __version__ = "0.1.0"
+
+_API = {  # public name -> module that defines it (imported on first use)
+    "read_image": "meddx.io",
+    "Image": "meddx.io.image",
+    "load_dataset": "meddx.data.datasets",
+    "Dataset": "meddx.data.datasets",
+    "TrainConfig": "meddx.train.config",
+    "list_models": "meddx.models.registry",
+    "train": "meddx.app.api",
+    "evaluate": "meddx.app.api",
+    "load": "meddx.infer",
+    "Prediction": "meddx.infer.prediction",
+    "RunInfo": "meddx.io.run_info",
+    "MeddxError": "meddx.errors",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'meddx' has no attribute {name!r}")

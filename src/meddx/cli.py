@@ -6,8 +6,10 @@ Exit codes: 0 success, 2 bad input or options (one line on stderr), 130 interrup
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import tempfile
 from typing import Sequence
 
 from meddx import __version__
@@ -166,33 +168,88 @@ def _run(args: argparse.Namespace) -> int:
             train(args.data, args.out, cfg, overwrite=args.overwrite)
         return 0
     if cmd == "evaluate":
-        from meddx.workflows import evaluate_run
+        from meddx.app import evaluate_run
 
         evaluate_run(args.run, args.data, args.out, split=args.split, report=args.report, tta=args.tta,
                      stack_min_fraction=args.stack_min_fraction)
         return 0
     if cmd == "predict":
-        from meddx.workflows import predict_inputs
+        from meddx.app import predict_inputs
 
         predict_inputs(args.run, args.inputs, args.out, heatmaps=args.heatmaps, method=args.method, tta=args.tta)
         return 0
     if cmd == "report":
-        from meddx.workflows import report_studies
+        from meddx.app import report_studies
 
         report_studies(args.run, args.inputs, args.out, include_phi=args.include_phi, dicom=not args.no_dicom,
                        tta=args.tta)
         return 0
     if cmd == "demo":
-        from meddx.workflows import run_demo
+        from meddx.app import run_demo
 
         run_demo(args.out, data=args.data, n=args.n, minutes=args.minutes, epochs=args.epochs, seed=args.seed)
         return 0
     if cmd == "compare":
-        from meddx.compare import compare_models
+        from meddx.app.compare import compare_models
 
         compare_models(args.data, args.models.split(","), args.out, seed=args.seed, epochs=args.epochs)
         return 0
     return 1
+
+
+TF_COMMANDS = ("train", "evaluate", "predict", "report", "demo", "compare")
+
+
+class _Levels(logging.Filter):
+    """Pass records in [lo, hi) only."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.lo <= record.levelno < self.hi
+
+
+def _configure_logging() -> None:
+    """The `meddx` logger prints progress to stdout and warnings to stderr ("meddx: warning: ..."); library code
+    only logs. Idempotent, so repeated `main()` calls in one process do not double the lines."""
+    logger = logging.getLogger("meddx")
+    for h in [h for h in logger.handlers if getattr(h, "_meddx_cli", False)]:
+        logger.removeHandler(h)
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(_Levels(logging.INFO, logging.WARNING))
+    out.setFormatter(logging.Formatter("%(message)s"))
+    err = logging.StreamHandler(sys.stderr)
+    err.addFilter(_Levels(logging.WARNING, logging.CRITICAL + 1))
+    err.setFormatter(logging.Formatter("meddx: warning: %(message)s"))
+    for h in (out, err):
+        h._meddx_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(h)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _quiet_tensorflow_import() -> None:
+    """Import TensorFlow with its C++ start-up banner (oneDNN notice, absl warning) kept off the terminal; the
+    banner is replayed if the import fails, so nothing is hidden from a real error."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -204,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from meddx.errors import MeddxError
+
+    _configure_logging()
+    if args.command in TF_COMMANDS:
+        _quiet_tensorflow_import()
 
     try:
         return _run(args)

@@ -36,7 +36,7 @@ class Dataset:
     class_names: list[str]
     task: str  # "binary" | "multiclass" | "multilabel"
     source: str
-    kind: str  # "npz" | "folder" | "manifest"
+    kind: str  # "npz" | "folder" | "manifest" | "arrays" (Dataset.from_arrays)
     patient_ids: np.ndarray | None = None
     splits: np.ndarray | None = None  # source-given split per case ("" when none)
     masks: list[str | None] | None = None
@@ -45,6 +45,42 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @classmethod
+    def from_arrays(cls, images: Any, labels: Any, class_names: Sequence[str] | None = None,
+                    patient_ids: Sequence[Any] | None = None, splits: Sequence[str] | None = None,
+                    source: str = "arrays") -> "Dataset":
+        """In-memory cases: `images` (N, H, W[, C]) or (N, D, H, W[, C]), `labels` (N,) class indices or
+        (N, K) 0/1 for multilabel; optional per-case `patient_ids` and `splits` (train / val / test)."""
+        images = np.asarray(images)
+        y = np.asarray(labels)
+        if len(images) != len(y):
+            raise DataError(f"{len(images)} images but {len(y)} labels", source)
+        if len(images) == 0:
+            raise DataError("no cases", source)
+        _check_finite(images, Path(source))
+        y2 = y.reshape(len(y), -1)
+        if y2.shape[1] > 1:
+            task, y = "multilabel", y2.astype(np.float32)
+            default = [str(i) for i in range(y2.shape[1])]
+        else:
+            y = y2[:, 0].astype(int)
+            if y.min() < 0:
+                raise DataError(f"labels must be non-negative class indices, found {y.min()}", source)
+            default = [str(i) for i in range(max(int(y.max()) + 1, 2))]
+            task = "binary" if len(class_names or default) == 2 else "multiclass"
+        names = list(class_names) if class_names is not None else default
+        if task != "multilabel" and int(y.max()) >= len(names):
+            raise DataError(f"labels go up to {int(y.max())} but {len(names)} class names were given", source)
+        split_arr = None
+        if splits is not None:
+            split_arr = np.asarray([_SPLIT_ALIASES.get(str(v).strip().lower(), "?") for v in splits], dtype=str)
+            if len(split_arr) != len(images) or "?" in split_arr:
+                raise DataError("splits must give train, val or test for every case", source)
+        return cls(items=list(images), labels=y, class_names=names, task=task, source=source, kind="arrays",
+                   patient_ids=None if patient_ids is None else np.asarray([str(v) for v in patient_ids]),
+                   splits=split_arr, spatial_ndim=_npz_spatial_ndim(images.shape[1:], Path(source)),
+                   extra={"item_names": [f"{source}[{i}]" for i in range(len(images))]})
 
     @property
     def n_classes(self) -> int:

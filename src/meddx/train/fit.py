@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
-import os
 import shutil
 import sys
 import time
@@ -22,41 +22,22 @@ import numpy as np
 
 from meddx import __version__
 from meddx.data.datasets import Dataset, describe, format_summary, load_dataset
-from meddx.data.prepare import materialise, probe_item
+from meddx.transforms.prepare import materialise, probe_item
 from meddx.data.splits import assign_splits
 from meddx.errors import ConfigError, DataError
+from meddx.models.outputs import logits_to_probs
+from meddx.models.runtime import configure_tensorflow
 from meddx.train.config import TrainConfig, auto_epochs
 from meddx.utils import atomic_path, atomic_write_json, atomic_write_text
 
+LOGGER = logging.getLogger("meddx")
 RUN_FILE = "run.json"
 MODEL_FILE = "model.keras"
 
 
-def configure_tensorflow(threads: int | None = None, seed: int | None = None, inter_op: int | None = None) -> None:
-    """Quiet logs, thread pools sized for the machine, and seeds for reproducible runs.
-
-    Inter-op threads default to min(2, cores) (training: 2/2 and 1/2 tied as the fastest on 2 idle cores,
-    benchmarks/threads.py); inference passes inter_op=1 (2.4x the batch predict rate and 0.65x the
-    one-image latency of 2/2 on the same run). Only the first call in a process takes effect."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import tensorflow as tf
-
-    try:
-        if threads:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op or max(1, min(2, os.cpu_count() or 1)))
-    except RuntimeError:
-        pass  # already initialised in this process
-    if seed is not None:
-        import keras
-
-        keras.utils.set_random_seed(seed)
-
-
 def default_intensity(ds: Dataset) -> str:
     """8-bit arrays are scaled by 1/255 (MedMNIST); files are min-max normalised per image."""
-    if ds.kind == "npz" and ds.items and ds.items[0].dtype == np.uint8:
+    if ds.items and isinstance(ds.items[0], np.ndarray) and ds.items[0].dtype == np.uint8:
         return "scale255"
     return "minmax"
 
@@ -87,19 +68,6 @@ def encode_labels(ds: Dataset) -> np.ndarray:
     if ds.task == "multilabel":
         return ds.labels.astype(np.float32)
     return ds.labels.astype(np.int32)
-
-
-def logits_to_probs(logits: np.ndarray, task: str) -> np.ndarray:
-    """(N, K) probabilities for every task (binary gives [1-p, p])."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if task == "binary":
-        p = 1.0 / (1.0 + np.exp(-logits.reshape(-1)))
-        return np.stack([1 - p, p], axis=1)
-    if task == "multilabel":
-        return 1.0 / (1.0 + np.exp(-logits))
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def validation_auc(y: np.ndarray, probs: np.ndarray, task: str) -> float:
@@ -169,8 +137,7 @@ def _make_callbacks(run_dir: Path, x_val: np.ndarray, y_val: np.ndarray, task: s
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             if max_minutes and time.monotonic() - self.start > 60 * max_minutes:
-                print(f"meddx: time budget of {max_minutes} min reached after epoch {epoch + 1}; stopping",
-                      file=sys.stderr)
+                LOGGER.warning(f"time budget of {max_minutes} min reached after epoch {epoch + 1}; stopping")
                 self.model.stop_training = True
 
     best = BestWeights()
@@ -262,9 +229,10 @@ def check_run_dir(run_dir: Path, overwrite: bool, settings: dict[str, Any] | Non
 
 
 def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None = None, overwrite: bool = False,
-          log: Callable[[str], None] = print, verbose: int | str = "auto",
+          log: Callable[[str], None] | None = None, verbose: int | str = "auto",
           extra_callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Train `cfg.model` on DATA into the RUN folder `out`; returns the run info (run.json)."""
+    log = log or LOGGER.info
     cfg = cfg or TrainConfig()
     run_dir = Path(out)
     resuming = check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "data": str(getattr(data, "source", data))})
@@ -366,8 +334,12 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
 
 
 def write_run_folder(run_dir: Path, ds: Dataset, splits: np.ndarray, model: Any, info: dict[str, Any],
-                     title: str, log: Callable[[str], None] = print) -> None:
-    """Write splits.csv, val_metrics.json, model.keras and the training curve, then run.json last."""
+                     title: str, log: Callable[[str], None] | None = None) -> None:
+    """Write splits.csv, val_metrics.json, model.keras and the training curve, then run.json (a `RunInfo`) last."""
+    from meddx.io.run_info import RunInfo
+
+    log = log or LOGGER.info
+    run_info = RunInfo.from_dict(info)  # checked before anything is written
     _write_splits(run_dir / "splits.csv", ds, splits)
     atomic_write_json(run_dir / "val_metrics.json", info["val_metrics"])
     with atomic_path(run_dir / MODEL_FILE) as tmp:
@@ -378,7 +350,7 @@ def write_run_folder(run_dir: Path, ds: Dataset, splits: np.ndarray, model: Any,
         plot_training_curves(run_dir / "history.csv", run_dir / "training_curves.png", title=title)
     except Exception as exc:  # a plot must never lose a trained model
         log(f"warning: could not plot training curves: {exc}")
-    atomic_write_json(run_dir / RUN_FILE, info)  # last: its presence marks a complete RUN
+    run_info.write(run_dir)  # last: its presence marks a complete RUN
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 

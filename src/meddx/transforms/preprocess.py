@@ -7,6 +7,8 @@ so train, evaluate and predict feed the model identical arrays. numpy/scipy only
 
 from __future__ import annotations
 
+import sys
+
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -663,12 +665,13 @@ class Preprocessing(Transform):
               desc: str = "preprocessing") -> np.ndarray:
         """Preprocess many images into one (N, *image_size, channels) float32 array.
 
-        A tqdm bar is shown for 200 items or more unless `progress` says otherwise.
+        A tqdm bar is shown for 200 items or more on a terminal unless `progress` says otherwise (never into a
+        non-TTY log).
         """
         items = items if isinstance(items, np.ndarray) else list(items)
         n = len(items)
         out = np.empty((n, *self.output_shape), np.float32)
-        show = n >= 200 if progress is None else bool(progress)
+        show = (n >= 200 and sys.stderr.isatty()) if progress is None else bool(progress)
         iterator: Iterable[Any] = items
         if show:
             from tqdm.auto import tqdm

@@ -1,4 +1,4 @@
-"""`meddx compare`: train several models (CNN registry and classic baselines) on the SAME split of one
+"""`meddx compare` (was `meddx/compare.py`): train several models (CNN registry and classic baselines) on the SAME split of one
 npz and write one table (AUC with 95% bootstrap CI, accuracy, training and inference time) plus one ROC plot.
 
 Training arrays = the npz's `train` split; evaluation = its `test` split, or `val` when there is no test
@@ -48,8 +48,8 @@ def _auc(y: np.ndarray, probs: np.ndarray) -> float:
 def _run_cnn(name: str, arrs: dict[str, np.ndarray], split: str, work: Path, seed: int, epochs: int | None,
              log: Callable[[str], None]) -> tuple[np.ndarray, float, float]:
     from meddx.data.datasets import load_dataset
-    from meddx.data.prepare import materialise
-    from meddx.runs import load_run
+    from meddx.transforms.prepare import materialise
+    from meddx.infer import load as load_run
     from meddx.train.config import TrainConfig
     from meddx.train.fit import train
 
@@ -82,7 +82,7 @@ def _run_classic(name: str, arrs: dict[str, np.ndarray], split: str, seed: int) 
 
 
 def compare_models(data: str | Path, models: Sequence[str], out: str | Path, seed: int = 0,
-                   log: Callable[[str], None] = print, epochs: int | None = None) -> dict[str, Any]:
+                   log: Callable[[str], None] | None = None, epochs: int | None = None) -> dict[str, Any]:
     """Train each of `models` on the same split of `data` (npz); write comparison.{csv,md,json} and roc.png
     to `out`; return {"eval_split", "n", "rows": [...]}. `epochs` caps CNN training (None: automatic)."""
     from meddx.evaluate.classification import bootstrap_ci
@@ -90,6 +90,9 @@ def compare_models(data: str | Path, models: Sequence[str], out: str | Path, see
     from meddx.models.registry import model_spec
     from meddx.utils import atomic_write_json, atomic_write_text
 
+    from meddx.app.common import logger_or
+
+    log = logger_or(log)
     names = [m.strip().lower() for m in models if m.strip()]
     if not names:
         raise ConfigError("--models needs at least one model name")

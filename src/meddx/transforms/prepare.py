@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ def _read_and_prepare(ds: Dataset, prep: Any, progress: bool | None) -> np.ndarr
     from meddx.io import read_image
 
     out = np.empty((len(ds), *prep.output_shape), dtype=np.float32)
-    show = progress if progress is not None else len(ds) >= 200
+    show = progress if progress is not None else (len(ds) >= 200 and sys.stderr.isatty())
     for i, path in enumerate(tqdm(ds.items, desc="reading", unit="img", disable=not show, leave=False)):
         img = read_image(path)
         if img.is_sequence:

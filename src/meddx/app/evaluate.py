@@ -1,0 +1,207 @@
+"""`meddx evaluate`: metrics, curves and calibration of a RUN on one split of DATA (classifiers and segmenters)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meddx.app.common import Log, logger_or
+from meddx.errors import DataError
+from meddx.utils import atomic_write_json
+
+
+def split_indices(predictor: Any, ds: Any, split: str, log: Log) -> np.ndarray:
+    """Indices of `split` ("all": every case) as training assigned them; warns when the split is the RUN's own."""
+    from meddx.data.splits import assign_splits
+
+    cfg = predictor.info.config
+    splits = assign_splits(ds, cfg.get("val_fraction", 0.15), cfg.get("test_fraction", 0.15), cfg.get("seed", 0))
+    idx = np.arange(len(ds)) if split == "all" else np.flatnonzero(splits == split)
+    if len(idx) == 0:
+        avail = ", ".join(sorted(set(splits) - {""})) or "none"
+        raise DataError(f"no '{split}' split in this data (available: {avail})", ds.source)
+    if split in ("train", "val") and Path(predictor.info.source).resolve() == Path(str(ds.source)).resolve():
+        log(f"warning: the '{split}' split was used for {'training' if split == 'train' else 'model selection'}; "
+            f"its metrics are optimistic")
+    return idx
+
+
+def dataset_for_run(predictor: Any, data: str | Path) -> Any:
+    """Load DATA with the RUN's class names, refusing labels the model does not know."""
+    from meddx.data.datasets import load_dataset, load_manifest
+
+    names = predictor.class_names
+    p = Path(data)
+    if p.suffix.lower() in (".csv", ".tsv") or (p.is_dir() and (p / "manifest.csv").is_file()):
+        return load_manifest(p if p.suffix else p / "manifest.csv", class_names=names)
+    ds = load_dataset(p)
+    if ds.kind == "folder" and ds.class_names != names:
+        unknown = sorted(set(ds.class_names) - set(names))
+        if unknown:
+            raise DataError(f"unknown class folder(s) {', '.join(unknown)}; the model knows {', '.join(names)}", p)
+        remap = np.asarray([names.index(n) for n in ds.class_names])
+        ds.labels = remap[ds.labels]
+        ds.class_names = names
+    if ds.kind == "npz" and ds.task != "multilabel" and len(ds.class_names) > len(names):
+        raise DataError(f"labels go up to {len(ds.class_names) - 1} but the model has {len(names)} classes", p)
+    if ds.kind == "npz":
+        ds.class_names = names
+        ds.task = predictor.task
+    return ds
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path, split: str = "test",
+                 report: bool = False, tta: bool = False, log: Log | None = None,
+                 stack_min_fraction: float | None = None) -> dict[str, Any]:
+    """Metrics, curves and calibration of a RUN on one split of DATA, written to `out` (`tta`: flip
+    test-time augmentation, segmentation runs; `stack_min_fraction`: replaces a 2D segmenter's stored
+    stack post-processing)."""
+    from meddx.infer import load
+
+    log = logger_or(log)
+    predictor = load(run_dir, tta=tta, stack_min_fraction=stack_min_fraction)
+    if predictor.kind == "segmenter":
+        return evaluate_segmenter(predictor, data, out, split=split, log=log)
+    if predictor.kind != "classifier":
+        from meddx.errors import ConfigError
+        raise ConfigError(f"evaluating a {predictor.kind} RUN is not supported yet", run_dir)
+    return evaluate_classifier(predictor, data, out, split=split, report=report, log=log)
+
+
+def evaluate_classifier(predictor: Any, data: str | Path, out: str | Path, split: str = "test",
+                        report: bool = False, log: Log | None = None) -> dict[str, Any]:
+    """metrics.json (AUC + CI, accuracy, calibration, per class; Grad-CAM localisation where masks exist) + plots."""
+    from meddx.transforms.prepare import load_masks, materialise
+    from meddx.evaluate.plots import write_classification_outputs
+
+    log = logger_or(log)
+    ds = dataset_for_run(predictor, data)
+    idx = split_indices(predictor, ds, split, log)
+    sub = ds.subset(idx)
+    x = materialise(sub, predictor.preprocessing)
+    probs = predictor.predict_proba(x)
+    threshold = predictor.threshold if predictor.threshold is not None else 0.5
+    metrics = write_classification_outputs(sub.labels, probs, predictor.class_names, predictor.task, out,
+                                           threshold=threshold, groups=sub.patient_ids,
+                                           seed=predictor.info.config.get("seed", 0))
+    metrics["split"] = split
+    metrics["data"] = str(ds.source)
+    masks = load_masks(sub, tuple(predictor.preprocessing.output_shape[:-1]))
+    if masks is not None and predictor.task == "binary":
+        metrics["localisation"] = _heatmap_localisation(predictor, x, sub.labels, masks)
+    atomic_write_json(Path(out) / "metrics.json", metrics)
+    if report:
+        from meddx.report import render_evaluation_report
+
+        metrics["report"] = str(render_evaluation_report(out, predictor.path))
+    _log_metrics(metrics, out, log)
+    return metrics
+
+
+def _heatmap_localisation(predictor: Any, x: np.ndarray, y: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
+    """Grad-CAM pointing game and best-threshold IoU on positive cases that have a lesion mask."""
+    from meddx.evaluate.localisation import localisation_metrics
+    from meddx.explain import grad_cam
+
+    pos = np.flatnonzero((y == 1) & (masks.reshape(len(masks), -1).any(axis=1)))
+    if len(pos) == 0:
+        return {"n": 0}
+    heat = grad_cam(predictor.model, x[pos], class_index=1)
+    loc = localisation_metrics(heat, masks[pos])
+    loc.pop("per_case", None)
+    loc["method"] = "gradcam"
+    return loc
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _log_metrics(metrics: dict[str, Any], out: str | Path, log: Log) -> None:
+    ci = metrics.get("auc_ci") or [None, None]
+    log(f"{metrics.get('split', '')} split: n={metrics['n']}  AUC {_fmt(metrics.get('auc'))} "
+        f"(95% CI {_fmt(ci[0])}-{_fmt(ci[1])})  accuracy {_fmt(metrics.get('accuracy'))}  "
+        f"ECE {_fmt(metrics.get('ece'))}  Brier {_fmt(metrics.get('brier'))}")
+    for c in metrics.get("per_class", []):
+        log(f"  {c['name']:<20} n={c['n']:<5} sens {_fmt(c.get('sensitivity'))}  spec {_fmt(c.get('specificity'))}  "
+            f"PPV {_fmt(c.get('ppv'))}  F1 {_fmt(c.get('f1'))}")
+    if "localisation" in metrics and metrics["localisation"].get("n"):
+        loc = metrics["localisation"]
+        log(f"  Grad-CAM pointing game {_fmt(loc.get('pointing_hit_rate'))} on {loc.get('n_evaluated')} lesion "
+            f"cases; best-threshold IoU {_fmt(loc.get('mean_best_iou'))}")
+    log(f"wrote {Path(out) / 'metrics.json'} and plots in {out}")
+
+
+def evaluate_segmenter(predictor: Any, data: Any, out: str | Path, split: str = "test",
+                       log: Log | None = None) -> dict[str, Any]:
+    """out/metrics.json (dice, iou, hd95, asd, lesion sensitivity, FP/image, lesion-slice Dice) + panel PNG."""
+    from meddx.evaluate.segmentation import segmentation_metrics
+    from meddx.evaluate.segmentation_panel import save_segmentation_panel
+    from meddx.infer.display import middle_channel_display
+    from meddx.train.seg_data import load_segmentation_dataset, read_pair, spacing_of
+    from meddx.transforms.post import postprocess_stacks
+
+    log = logger_or(log)
+    ds = load_segmentation_dataset(data)
+    idx = split_indices(predictor, ds, split, log)
+    preds, truths, spacings, shown = [], [], [], []
+    t0 = time.monotonic()
+    for i in idx:
+        x, truth, img = read_pair(ds.items[i], ds.masks[i], predictor.preprocessing,  # type: ignore[index]
+                                  native=predictor.sliding)
+        _, pred = predictor.segment_array(x, truth.shape)
+        preds.append(pred)
+        truths.append(truth)
+        spacings.append(spacing_of(img))
+        shown.append(img)
+    fraction = predictor.settings.stack_min_fraction
+    if fraction > 0 and predictor.spatial_ndim == 2:
+        if ds.patient_ids is None:
+            log("note: stack post-processing needs patient IDs to group slices; this data has none, not applied")
+        else:
+            preds, skipped = postprocess_stacks(preds, ds.patient_ids[idx], [ds.items[i] for i in idx], fraction)
+            if skipped:
+                log(f"warning: {skipped} patient(s) have slices of different shapes; their slices were not "
+                    f"stack post-processed")
+    known = all(s is not None for s in spacings)
+    metrics = segmentation_metrics(preds, truths, spacings if known else None)
+    metrics["units"] = "mm" if known else "px"
+    empty = [c for c in metrics["per_case"] if c["truth_empty"]]
+    metrics["false_positive_rate_empty_cases"] = (
+        float(np.mean([not c["pred_empty"] for c in empty])) if empty else None)
+    names = ds.item_names()
+    for c, i in zip(metrics["per_case"], idx):
+        c["item"] = names[i]
+        if ds.patient_ids is not None:
+            c["patient_id"] = str(ds.patient_ids[i])
+    if ds.patient_ids is not None and predictor.spatial_ndim == 2 and all(p.shape == preds[0].shape for p in preds):
+        metrics["dice_per_patient"] = _per_patient_dice(preds, truths, ds.patient_ids[idx])
+    metrics.update(split=split, run=str(predictor.path), data=str(ds.source), model=predictor.info.model,
+                   tta_flip_axes=list(predictor.tta_axes), seconds=round(time.monotonic() - t0, 1))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "metrics.json", metrics)
+    order = sorted(range(len(idx)), key=lambda k: -int(truths[k].sum()))
+    pick = [k for k in order if truths[k].any()][:6] or order[:6]
+    save_segmentation_panel([(middle_channel_display(shown[k]), truths[k], preds[k], f"{Path(names[idx[k]]).name}  "
+                              f"Dice {metrics['per_case'][k]['dice']:.2f}") for k in pick],
+                            out / "segmentation_panel.png")
+    log(f"{split}: n={metrics['n']}, Dice {_fmt(metrics['dice'])} (lesion cases "
+        f"{_fmt(metrics['dice_lesion_cases'])}, n={metrics['n_lesion_cases']}), HD95 {_fmt(metrics['hd95'])} "
+        f"{metrics['units']}, lesion sensitivity {_fmt(metrics['lesion_sensitivity'])}, FP/image "
+        f"{_fmt(metrics['fp_per_image'])} -> {out / 'metrics.json'}")
+    return metrics
+
+
+def _per_patient_dice(preds: list[np.ndarray], truths: list[np.ndarray], patients: np.ndarray) -> dict[str, float]:
+    """Dice of each patient's slices stacked into one volume."""
+    from meddx.transforms.post import dice_np
+
+    out = {}
+    for p in sorted(set(patients)):
+        k = np.flatnonzero(patients == p)
+        out[str(p)] = dice_np(np.stack([preds[i] for i in k]), np.stack([truths[i] for i in k]))
+    return out

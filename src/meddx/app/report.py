@@ -1,0 +1,83 @@
+"""`meddx report`: report.html + report.pdf per study (a batch: one folder each plus index.html), and for a
+DICOM series a DICOM SEG of the lesions and a TID 1500 SR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from meddx.app.common import Log, expand_inputs, logger_or
+from meddx.errors import InputError, naming
+
+
+def report_studies(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, include_phi: bool = False,
+                   dicom: bool = True, tta: bool = False, log: Log | None = None) -> dict[str, Any]:
+    """report.html + report.pdf per study (batch: one folder each plus index.html), DICOM SEG/SR when DICOM.
+
+    A classifier RUN reports its decision with a Grad-CAM heatmap; a segmentation RUN its lesion mask,
+    probability map and lesion sizes (`tta`: flip test-time augmentation)."""
+    from meddx.infer import load
+    from meddx.io import read_image
+    from meddx.report import render_batch, render_study_report
+
+    log = logger_or(log)
+    predictor = load(run_dir, tta=tta)
+    files = expand_inputs(inputs)
+    studies = []
+    for f in files:
+        with naming(f):
+            s = predictor.predict(read_image(f)).to_study(str(f))
+        if include_phi:
+            try:
+                from meddx.io.deid import read_phi
+                s["phi"] = read_phi(f)
+            except (InputError, OSError, ValueError):
+                s["phi"] = {}
+        studies.append(s)
+    out = Path(out)
+    info = _report_info(predictor)
+    if len(studies) == 1:
+        paths = render_study_report(studies[0], info, out, include_phi=include_phi)
+        if dicom:
+            paths.update(_dicom_outputs(studies[0], out, log))
+        log(f"wrote {paths['html']} and {paths['pdf']}")
+        return paths
+    res = render_batch(studies, info, out, include_phi=include_phi)
+    log(f"wrote {len(studies)} reports and {res['index']}")
+    return res
+
+
+def _report_info(predictor: Any) -> dict[str, Any]:
+    """The RUN description the report's model card reads (task shown as the kind of model for a segmenter)."""
+    info = predictor.info.to_dict()
+    if predictor.kind == "segmenter":
+        info["task"] = "segmentation"
+    return info
+
+
+def _dicom_outputs(study: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
+    """DICOM SEG of the lesions and a TID 1500 SR, when the input was a DICOM series."""
+    from meddx.infer.classifier import full_size_mask
+
+    image = study["image"]
+    refs = image.metadata.get("dicom_refs")
+    if not refs or image.spatial_ndim != 3 or image.is_sequence:
+        return {}
+    from meddx.report import write_dicom_seg, write_dicom_sr
+
+    mask = np.zeros(image.array.shape[:3], dtype=np.uint8)
+    for les in study["lesions"]:
+        if "mask" in les:
+            mask |= full_size_mask(les, mask.shape).astype(np.uint8)
+    paths: dict[str, Any] = {}
+    try:
+        finding = {"predicted": study["predicted"], "probability": study["probability"],
+                   "threshold": study["threshold"], "model": "meddx"}
+        if mask.any():
+            paths["seg"] = str(write_dicom_seg(image, mask, study["source"], out / "lesions_seg.dcm"))
+        paths["sr"] = str(write_dicom_sr(image, finding, study["lesions"], study["source"], out / "finding_sr.dcm"))
+    except (ValueError, TypeError, AttributeError) as exc:
+        log(f"warning: could not write DICOM SEG/SR: {exc}")
+    return paths
