@@ -15,10 +15,28 @@ Layers, one way: cli -> app -> infer / report -> explain -> train -> evaluate ->
 
 from __future__ import annotations
 
+import sys
+import types
 from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
+
+
+class _CallablePackage(types.ModuleType):
+    """`meddx.train` and `meddx.evaluate` are both subpackages and the API functions of the same names: calling
+    the package runs `meddx.app.api.<name>` (so `meddx.train(data)` and `import meddx.train.fit` both work)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        api = import_module("meddx.app.api")
+        return getattr(api, self.__name__.rsplit(".", 1)[1])(*args, **kwargs)
+
+
+import meddx.evaluate  # noqa: E402  (cheap: numpy; scikit-learn and matplotlib load inside the functions)
+import meddx.train  # noqa: E402  (an empty package)
+
+for _name in ("meddx.train", "meddx.evaluate"):
+    sys.modules[_name].__class__ = _CallablePackage
 
 _API = {  # public name -> module that defines it (imported on first use)
     "read_image": "meddx.io",
@@ -27,15 +45,13 @@ _API = {  # public name -> module that defines it (imported on first use)
     "Dataset": "meddx.data.datasets",
     "TrainConfig": "meddx.train.config",
     "list_models": "meddx.models.registry",
-    "train": "meddx.app.api",
-    "evaluate": "meddx.app.api",
     "load": "meddx.infer",
     "Prediction": "meddx.infer.prediction",
     "RunInfo": "meddx.io.run_info",
     "MeddxError": "meddx.errors",
 }
 
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", "train", "evaluate", *_API]
 
 
 def __getattr__(name: str) -> Any:

@@ -29,15 +29,18 @@ def split_indices(predictor: Any, ds: Any, split: str, log: Log) -> np.ndarray:
     return idx
 
 
-def dataset_for_run(predictor: Any, data: str | Path) -> Any:
-    """Load DATA with the RUN's class names, refusing labels the model does not know."""
-    from meddx.data.datasets import load_dataset, load_manifest
+def dataset_for_run(predictor: Any, data: Any) -> Any:
+    """DATA (a path or a `Dataset`) with the RUN's class names, refusing labels the model does not know."""
+    from meddx.data.datasets import Dataset, load_dataset, load_manifest
 
     names = predictor.class_names
-    p = Path(data)
-    if p.suffix.lower() in (".csv", ".tsv") or (p.is_dir() and (p / "manifest.csv").is_file()):
-        return load_manifest(p if p.suffix else p / "manifest.csv", class_names=names)
-    ds = load_dataset(p)
+    if isinstance(data, Dataset):
+        ds, p = data, Path(str(data.source))
+    else:
+        p = Path(data)
+        if p.suffix.lower() in (".csv", ".tsv") or (p.is_dir() and (p / "manifest.csv").is_file()):
+            return load_manifest(p if p.suffix else p / "manifest.csv", class_names=names)
+        ds = load_dataset(p)
     if ds.kind == "folder" and ds.class_names != names:
         unknown = sorted(set(ds.class_names) - set(names))
         if unknown:
@@ -45,9 +48,10 @@ def dataset_for_run(predictor: Any, data: str | Path) -> Any:
         remap = np.asarray([names.index(n) for n in ds.class_names])
         ds.labels = remap[ds.labels]
         ds.class_names = names
-    if ds.kind == "npz" and ds.task != "multilabel" and len(ds.class_names) > len(names):
+    in_memory = ds.kind in ("npz", "arrays")
+    if in_memory and ds.task != "multilabel" and len(ds.class_names) > len(names):
         raise DataError(f"labels go up to {len(ds.class_names) - 1} but the model has {len(names)} classes", p)
-    if ds.kind == "npz":
+    if in_memory:
         ds.class_names = names
         ds.task = predictor.task
     return ds
