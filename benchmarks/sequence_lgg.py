@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg"
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
@@ -237,7 +238,8 @@ def _print_heads_table(lw: dict, sy: dict, heads: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default="/work/shared/data/lgg")
+    ap.add_argument("--root", default=os.environ.get("MEDDX_LGG_ROOT") or str(DEFAULT_ROOT),
+                    help="LGG data folder (default: $MEDDX_LGG_ROOT, else ../shared/data/lgg beside the repository)")
     ap.add_argument("--seeds", default="0,1,2", help="seeds of the slice-labelling run (one column each)")
     ap.add_argument("--size", type=int, default=32, help="frame size for the sequence heads")
     ap.add_argument("--window", type=int, default=6)

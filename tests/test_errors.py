@@ -26,3 +26,14 @@ def test_naming_leaves_other_exceptions_alone() -> None:
         with naming("/data/scan.dcm"):
             raise ValueError("a bug, not bad input")
     assert issubclass(InputError, MeddxError)
+
+
+def test_meddx_errors_are_value_errors_with_exit_code() -> None:
+    """Callers handling ValueError keep working; the CLI still reads exit_code and path."""
+    from meddx.errors import DataError, NetworkError
+
+    for cls in (MeddxError, InputError, DataError, ConfigError, NetworkError):
+        assert issubclass(cls, ValueError)
+    err = DataError("empty split", "/data/x.npz")
+    assert isinstance(err, ValueError) and err.exit_code == 2 and err.path == "/data/x.npz"
+    assert str(err) == "/data/x.npz: empty split"

@@ -1,7 +1,8 @@
 """User-facing errors: one clear line naming the file and the problem.
 
 The CLI catches `MeddxError` and prints `meddx: error: <message>` on stderr with a
-non-zero exit code instead of a traceback.
+non-zero exit code instead of a traceback. `MeddxError` is a `ValueError` (bad input or request
+values), so callers that already handle `ValueError` keep working.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from pathlib import Path
 from typing import Iterator
 
 
-class MeddxError(Exception):
-    """A problem with the user's input or request (not a bug in meddx)."""
+class MeddxError(ValueError):
+    """A problem with the user's input or request (not a bug in meddx); a ValueError."""
 
     exit_code = 2
 

@@ -11,7 +11,7 @@ from meddx.data.sequences import (
     list_slice_files, load_lgg_sequences, load_sequence, make_windows, pad_sequences, sample_frames,
     slice_number, stack_adjacent,
 )
-from meddx.errors import InputError
+from meddx.errors import DataError, InputError
 
 
 def require(path: Path) -> Path:
@@ -114,6 +114,17 @@ def test_reference_4d_nifti(shared_data: Path) -> None:
     assert ref.shape == (64, 64, 15, 10) and seq.n_frames == 10
     for t in (0, 4, 9):
         assert np.allclose(seq.frames[t], ref[..., t].transpose(2, 1, 0))
+
+
+def test_lgg_root_comes_from_the_caller_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEDDX_LGG_ROOT", raising=False)
+    with pytest.raises(DataError, match="no LGG data folder given.*MEDDX_LGG_ROOT"):
+        load_lgg_sequences()
+    monkeypatch.setenv("MEDDX_LGG_ROOT", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="nowhere: LGG data folder not found"):
+        load_lgg_sequences()
+    with pytest.raises(DataError, match="elsewhere: LGG data folder not found"):  # the caller's root wins
+        load_lgg_sequences(tmp_path / "elsewhere")
 
 
 def test_load_lgg_sequences(shared_data: Path) -> None:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from meddx.errors import ConfigError, InputError
-from meddx.explain import explain, grad_cam, grad_cam_plus_plus, last_spatial_layer, occlusion, pointing_hits
+from meddx.explain import explain, grad_cam, grad_cam_plus_plus, occlusion, pointing_hits
+from meddx.models import find_cam_layer
 
 
 def _check_heat(heat: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -107,9 +108,9 @@ def test_batchnorm_inference_mode_batch_independent(model_factory):
     assert single.shape == (16, 16)
 
 
-def test_last_spatial_layer_and_named_layer(model_factory):
+def test_find_cam_layer_and_named_layer(model_factory):
     model = model_factory((16, 16, 1), units=2)
-    assert last_spatial_layer(model).name == "features_relu"
+    assert find_cam_layer(model) == "features_relu"
     heat = grad_cam(model, np.ones((1, 16, 16, 1), np.float32), layer="relu1")
     _check_heat(heat, (1, 16, 16))
     with pytest.raises(ConfigError, match="no layer named"):
@@ -168,7 +169,7 @@ def test_3d_localises_bright_spot(method):
 def test_3d_small_cnn_all_methods(model_factory):
     model = model_factory((8, 12, 12, 1), units=3)
     x = np.random.default_rng(4).normal(size=(2, 8, 12, 12, 1)).astype(np.float32)
-    assert last_spatial_layer(model).name == "features_relu"
+    assert find_cam_layer(model) == "features_relu"
     for method in ("gradcam", "gradcam++", "occlusion"):
         _check_heat(explain(model, x, method=method), (2, 8, 12, 12))
 
@@ -193,7 +194,7 @@ def _applications_model(name: str, nested: bool = False):
 @pytest.mark.parametrize("name,layer", [("MobileNetV2", "out_relu"), ("ResNet50", "conv5_block3_out")])
 def test_keras_applications_flat(name, layer):
     model = _applications_model(name)
-    assert last_spatial_layer(model).name == layer
+    assert find_cam_layer(model) == layer
     x = np.random.default_rng(5).uniform(0, 1, size=(2, 32, 32, 3)).astype(np.float32)
     _check_heat(grad_cam(model, x), (2, 32, 32))
     # an earlier, larger feature map gives a non-constant heatmap

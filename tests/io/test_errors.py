@@ -125,6 +125,21 @@ def test_huge_image_refused_before_decoding(tmp_path: Path, shared_data: Path) -
         _raises(folder, "image too large", max_voxels=10**6)
 
 
+def test_huge_raster_and_gif_keep_their_own_message(tmp_path: Path) -> None:
+    """The size check's InputError (a ValueError too) is not re-wrapped as "cannot read ...: <path>: ..."."""
+    from PIL import Image as PILImage
+
+    png = tmp_path / "big.png"
+    PILImage.fromarray(np.zeros((40, 40), np.uint8)).save(png)
+    err = _raises(png, "image too large", max_voxels=100)
+    assert "cannot read" not in str(err) and str(err).count(str(png)) == 1
+    gif = tmp_path / "big.gif"
+    frames = [PILImage.fromarray(np.full((20, 20), 40 * i, np.uint8)) for i in range(3)]
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=50)
+    err = _raises(gif, "too large", max_voxels=2000)
+    assert "cannot read" not in str(err) and str(err).count(str(gif)) == 1
+
+
 def test_corrupt_png_and_nifti(tmp_path: Path) -> None:
     png = tmp_path / "broken.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)

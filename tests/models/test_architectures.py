@@ -153,6 +153,23 @@ def test_find_cam_layer_on_foreign_model() -> None:
     assert find_cam_layer(keras.Model(inp, out)) == "c2"
 
 
+def test_find_cam_layer_prefers_features_and_skips_outputs() -> None:
+    from meddx.errors import ConfigError
+
+    inp = keras.Input((16, 16, 1))
+    f = keras.layers.Conv2D(4, 3, padding="same", name="features")(inp)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="later")(f)
+    seg = keras.Model(inp, keras.layers.Conv2D(1, 1, name="logits")(x))  # spatial output: never the target
+    assert find_cam_layer(seg) == "features"
+    inp = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c1")(inp)
+    assert find_cam_layer(keras.Model(inp, keras.layers.Conv2D(1, 1, name="logits")(x))) == "c1"
+    inp = keras.Input((16, 16, 1))
+    flat = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Flatten()(inp)), name="flat")
+    with pytest.raises(ConfigError, match="'flat' has no layer with a spatial"):
+        find_cam_layer(flat)
+
+
 @pytest.mark.slow
 def test_convnext_loads_keras_layout_weights(tmp_path) -> None:
     """The flat ConvNeXt-Tiny reproduces Keras's nested one when given its (legacy .h5) weights."""

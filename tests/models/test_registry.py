@@ -26,7 +26,7 @@ def test_model_spec_fields(name: str) -> None:
     spec = model_spec(name)
     assert spec.dims == EXPECTED[name]
     assert set(spec.default_size) == set(spec.dims)
-    assert spec.normalisation in ("minmax", "zscore", "imagenet")
+    assert not hasattr(spec, "normalisation")  # preprocessing comes from the data, not the model
     assert spec.description
     assert spec.kind == ("segmentation" if name == "unet" else "classification")
     assert spec.input_size(spec.dims[0]) == (spec.default_size[spec.dims[0]],) * spec.dims[0]
@@ -130,3 +130,51 @@ def test_registry_import_is_cheap() -> None:
     code = "import sys, meddx.models as m; print('keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_listing_and_specs_import_no_keras() -> None:
+    """list_models()/model_spec() read declared specs: no architecture module (hence no Keras/TF) is imported.
+
+    A fresh interpreter, so that other tests' imports do not hide an eager import."""
+    import subprocess
+    import sys
+
+    code = ("import meddx.models.registry as r; r.list_models(); r.model_spec('cnn'); r.model_spec('lstm'); "
+            "from meddx.models import list_models, model_spec; list_models(kind='segmentation'); "
+            "import sys; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow'))[:5]")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_builtin_builders_resolve() -> None:
+    """Every lazy "module:function" reference of the built-in specs names a callable builder."""
+    from meddx.models.applications import MIN_SIZE
+    from meddx.models.registry import _BUILTINS
+
+    assert {e["name"] for e in _BUILTINS} == set(EXPECTED) | {"lstm", "gru", "tcn", "transformer", "cnn25d"}
+    for entry in _BUILTINS:
+        spec = model_spec(entry["name"])
+        assert isinstance(spec.builder, str), spec.name
+        assert callable(spec.get_builder()), spec.name
+        assert spec.min_size in (None, MIN_SIZE)
+
+
+def test_register_lazy_reference_and_checks() -> None:
+    from meddx.models.registry import _REGISTRY, register
+
+    try:
+        register("_test_lazy", dims=(2,), default_size=8, description="test",
+                 builder="meddx.models.cnn:build_cnn")
+        spec = model_spec("_test_lazy")
+        assert spec.builder == "meddx.models.cnn:build_cnn" and "_test_lazy" in list_models(dims=2)
+        assert build_model("_test_lazy", (8, 8, 1), 2).output.shape[-1] == 1
+        with pytest.raises(ValueError, match="already registered"):
+            register("_test_lazy", dims=(2,), builder="meddx.models.cnn:other")
+    finally:
+        _REGISTRY.pop("_test_lazy", None)
+    with pytest.raises(ValueError, match="module:function"):
+        register("_test_bad", builder="meddx.models.cnn.build_cnn")
+    with pytest.raises(ValueError, match="dims"):
+        register("_test_bad", dims=(1,))
+    assert "_test_bad" not in _REGISTRY

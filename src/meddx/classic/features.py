@@ -8,6 +8,7 @@ gives the same feature length whatever its size. 2D grayscale or RGB (converted 
 
 from __future__ import annotations
 
+import sys
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -128,13 +129,24 @@ def image_features(image: np.ndarray, volume: bool | None = None) -> np.ndarray:
 
 def extract_features(images: Iterable[np.ndarray] | np.ndarray, volume: bool | None = None,
                      progress: bool = True, desc: str = "features") -> np.ndarray:
-    """(N, F) float32 features for many images (array with a leading N axis, or any iterable)."""
+    """(N, F) float32 features for many images (array with a leading N axis, or any iterable).
+
+    `progress`: show a progress bar on stderr; never shown when stderr is not a terminal (logs, pipes)."""
     from tqdm.auto import tqdm
 
     seq: Sequence[np.ndarray] | np.ndarray = images if hasattr(images, "__len__") else list(images)
     n = len(seq)
     if n == 0:
         return np.zeros((0, len(feature_names())), np.float32)
-    rows = [image_features(im, volume=volume) for im in tqdm(seq, total=n, desc=desc, disable=not progress,
-                                                              leave=False)]
+    rows = [image_features(im, volume=volume) for im in tqdm(seq, total=n, desc=desc, leave=False,
+                                                              disable=not (progress and _stderr_is_tty()))]
     return np.stack(rows).astype(np.float32)
+
+
+def _stderr_is_tty() -> bool:
+    """True when stderr is a terminal (progress bars only go there)."""
+    stream = sys.stderr
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False

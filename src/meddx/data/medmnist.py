@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -179,7 +180,7 @@ def _stream(url: str, out: Any, *, timeout: float, progress: bool, desc: str,
     with open_url(req, timeout=timeout) as resp:
         total = resp.headers.get("Content-Length") if getattr(resp, "headers", None) is not None else None
         with tqdm(total=int(total) if total else None, unit="B", unit_scale=True, unit_divisor=1024,
-                  desc=desc, disable=not progress, leave=False) as bar:
+                  desc=desc, disable=not (progress and sys.stderr.isatty()), leave=False) as bar:
             for block in iter(lambda: resp.read(_CHUNK), b""):
                 out.write(block)
                 h.update(block)

@@ -7,11 +7,12 @@ the sequence models in `meddx.models.sequence` honour. No TensorFlow here.
 
     seq = load_sequence("study_folder/")          # FrameSequence: frames, numbers, source
     X, mask = pad_sequences([a.frames, b.frames], length=32)
-    lgg = load_lgg_sequences(size=64)             # per patient: frames, labels, masks, ids
+    lgg = load_lgg_sequences("lgg/", size=64)     # per patient: frames, labels, masks, ids
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,12 @@ from meddx.errors import DataError, InputError
 
 __all__ = [
     "FrameSequence", "SAMPLING_MODES", "slice_number", "list_slice_files", "sample_frames", "load_sequence",
-    "pad_sequences", "load_lgg_sequences", "make_windows", "stack_adjacent", "DEFAULT_LGG_ROOT",
-    "normalise_stack",
+    "pad_sequences", "load_lgg_sequences", "make_windows", "stack_adjacent", "LGG_ROOT_ENV",
+    "lgg_root", "normalise_stack",
 ]
 
 SAMPLING_MODES = ("all", "uniform")
-DEFAULT_LGG_ROOT = "/work/shared/data/lgg"
+LGG_ROOT_ENV = "MEDDX_LGG_ROOT"  # where load_lgg_sequences looks when no root is given
 _RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 _MASK_RE = re.compile(r"[_-]mask$", re.IGNORECASE)
 _NUM_RE = re.compile(r"(\d+)")
@@ -218,15 +219,27 @@ def pad_sequences(sequences: Sequence[np.ndarray], length: int | None = None,
     return X, mask
 
 
-def load_lgg_sequences(root: str | Path = DEFAULT_LGG_ROOT, size: int = 64) -> dict[str, Any]:
+def lgg_root(root: str | Path | None = None) -> Path:
+    """The LGG data folder: `root` when given, else the environment variable MEDDX_LGG_ROOT; DataError if neither."""
+    if root is None or str(root) == "":
+        root = os.environ.get(LGG_ROOT_ENV) or None
+    if root is None:
+        raise DataError(f"no LGG data folder given: pass root=... or set the environment variable {LGG_ROOT_ENV}")
+    return Path(root)
+
+
+def load_lgg_sequences(root: str | Path | None = None, size: int = 64) -> dict[str, Any]:
     """The LGG slice stacks, one sequence per patient folder, ordered by slice number.
+
+    `root`: the folder of patient sub-folders; None reads it from the environment variable
+    MEDDX_LGG_ROOT (DataError when neither is set).
 
     Returns lists (one entry per patient): `frames` (T, size, size, 3) float32 in [0, 1]
     (pre-contrast, FLAIR, post-contrast), `labels` (T,) int64 lesion presence (mask has any
     foreground at full resolution), `masks` (T, size, size) uint8, `numbers` (T,) slice numbers,
     and `patient_ids` (folder names, 'TCGA_CS_4941_19960909').
     """
-    base = Path(root)
+    base = lgg_root(root)
     if not base.is_dir():
         raise DataError("LGG data folder not found", base)
     folders = sorted(d for d in base.iterdir() if d.is_dir())

@@ -16,10 +16,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from meddx.errors import ConfigError, InputError
+from meddx.models.layers import find_cam_layer, layer_output
+from meddx.models.registry import OUTPUT_LAYER
 
 METHODS = ("gradcam", "gradcam++", "occlusion")
-_CAM_LAYER_NAME = "features"  # the registry marks the feature map it wants explained with this name
-_OUTPUT_LAYER_NAME = "logits"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,48 +38,14 @@ def _model_spatial_ndim(model: Any) -> int:
     return rank - 2
 
 
-def _layer_output(layer: Any) -> Any | None:
-    """The layer's single symbolic output, or None (no/multiple outputs, shared nested use)."""
-    try:
-        out = layer.output
-    except (AttributeError, ValueError, RuntimeError):
-        return None
-    if isinstance(out, (list, tuple)):
-        return None
-    return out
-
-
 def _logits_tensor(model: Any) -> Any:
     """The model's logits output (the 'logits' layer's output when there are several outputs)."""
     if len(model.outputs) == 1:
         return model.outputs[0]
     for out in model.outputs:
-        if _OUTPUT_LAYER_NAME in getattr(out, "name", ""):
+        if OUTPUT_LAYER in getattr(out, "name", ""):
             return out
     return model.outputs[0]
-
-
-def last_spatial_layer(model: Any) -> Any:
-    """The layer Grad-CAM should explain: one named 'features' if spatial, else the last layer
-    (topological order) whose output is spatial (4D for 2D models, 5D for 3D) and is not an output."""
-    import keras
-
-    rank = _model_spatial_ndim(model) + 2
-    output_ids = {id(t) for t in model.outputs}
-    candidates = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        out = _layer_output(layer)
-        if out is None or len(out.shape) != rank or id(out) in output_ids:
-            continue
-        candidates.append(layer)
-    if not candidates:
-        raise ConfigError(f"model '{model.name}' has no layer with a spatial ({rank}D) output to explain")
-    for layer in candidates:
-        if layer.name == _CAM_LAYER_NAME:
-            return layer
-    return candidates[-1]
 
 
 def _is_nested_model(layer: Any) -> bool:
@@ -104,7 +70,7 @@ def _find_layer(model: Any, name: str) -> tuple[Any, Any | None]:
 
 
 def _check_spatial(model: Any, layer: Any) -> Any:
-    out = _layer_output(layer)
+    out = layer_output(layer)
     rank = _model_spatial_ndim(model) + 2
     if out is None or len(out.shape) != rank:
         shape = None if out is None else tuple(out.shape)
@@ -121,7 +87,7 @@ def _resolve_layer(model: Any, layer: Any) -> tuple[Any, Any | None]:
     Applications backbone called as a layer); flat models always give (layer, None).
     """
     if layer is None:
-        outer, inner = last_spatial_layer(model), None
+        outer, inner = model.get_layer(find_cam_layer(model)), None
     elif isinstance(layer, str):
         outer, inner = _find_layer(model, layer)
     else:
@@ -132,7 +98,7 @@ def _resolve_layer(model: Any, layer: Any) -> tuple[Any, Any | None]:
                     outer, inner = cand, layer
                     break
     if inner is None and _is_nested_model(outer):
-        inner = last_spatial_layer(outer)
+        inner = outer.get_layer(find_cam_layer(outer))
     if inner is not None:
         _check_spatial(outer, inner)
     else:
@@ -299,7 +265,7 @@ def grad_cam(model: Any, x: Any, class_index: int | Sequence[int] | None = None,
              batch_size: int = 32) -> np.ndarray:
     """Grad-CAM heatmaps (N, *spatial) in [0, 1] for class `class_index` (default: predicted class).
 
-    `layer`: name or layer object of a spatial feature map (default `last_spatial_layer(model)`).
+    `layer`: name or layer object of a spatial feature map (default `meddx.models.find_cam_layer(model)`).
     """
     return _gradient_cam(model, x, class_index, layer, batch_size, plus_plus=False)
 

@@ -394,9 +394,10 @@ def _image_from_dataset(ds: Any, p: Path, max_voxels: int) -> Image:
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     nframes = int(_num(ds.get("NumberOfFrames"), 1.0)) or 1
     try:
-        check_size((nframes, int(ds.Rows), int(ds.Columns), spp), max_voxels, p)
+        rows, cols = int(ds.Rows), int(ds.Columns)
     except (AttributeError, TypeError, ValueError):
         raise InputError("DICOM image without valid Rows/Columns", p) from None
+    check_size((nframes, rows, cols, spp), max_voxels, p)
     stored = _stored_pixels(ds, p)
     modality = str(ds.get("Modality", "") or "OT")
     meta = safe_metadata(ds)

@@ -61,6 +61,8 @@ def read_raster(path: str | Path, max_voxels: int = 2**31) -> Image:
                     frames.append(_frame_array(im))
     except UnidentifiedImageError:
         raise InputError("not a readable image (Pillow cannot identify it)", p) from None
+    except InputError:  # check_size's "too large" (an InputError is a ValueError too)
+        raise
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InputError(f"cannot read image: {exc}", p) from None
     shapes = {f.shape for f in frames}

@@ -34,6 +34,8 @@ def _gif_frames(p: Path, max_frames: int | None, max_voxels: int) -> tuple[np.nd
                     break
     except UnidentifiedImageError:
         raise InputError("not a readable GIF", p) from None
+    except InputError:  # "video too large" (an InputError is a ValueError too)
+        raise
     except (OSError, ValueError, EOFError) as exc:
         raise InputError(f"cannot read GIF: {exc}", p) from None
     if not frames:

@@ -1,10 +1,10 @@
 """Keras Applications backbones (2D only) inside one flat functional graph.
 
 Each backbone is built with `input_tensor=` so its layers join meddx's model directly (no nested
-sub-model, so Grad-CAM reaches any layer). The model takes images scaled to [0, 1] (normalisation
-'minmax'), grey or RGB: grey is repeated to 3 channels ('gray_to_rgb'), images smaller than the
-backbone's minimum (32 px) are resized up ('resize_to_min'), and the backbone's own ImageNet
-preprocessing is applied inside ('imagenet_preprocess'). `weights=None` by default;
+sub-model, so Grad-CAM reaches any layer). The model takes images scaled to [0, 1], grey or RGB:
+grey is repeated to 3 channels ('gray_to_rgb'), images smaller than the backbone's minimum (32 px)
+are resized up ('resize_to_min'), and the backbone's own ImageNet preprocessing is applied inside
+('imagenet_preprocess'). `weights=None` by default;
 `weights="imagenet"` downloads (NetworkError when that fails); a local weights file path is accepted.
 ConvNeXt-Tiny is re-assembled flat here because Keras builds its stem/downsampling as nested Sequentials.
 """
@@ -20,7 +20,6 @@ from contextlib import contextmanager
 
 from meddx.errors import ConfigError, NetworkError
 from meddx.models._blocks import classification_head, finish, image_input, mark_features
-from meddx.models.registry import register
 
 MIN_SIZE = 32
 
@@ -103,18 +102,11 @@ def _app_builder(name: str, app_name: str, mode: str) -> Callable[..., Any]:
     return build
 
 
-_APPS = {
-    "app_resnet50": ("ResNet50", "caffe"),
-    "app_densenet121": ("DenseNet121", "torch"),
-    "app_efficientnetb0": ("EfficientNetB0", "raw"),
-    "app_mobilenetv2": ("MobileNetV2", "tf"),
-}
-for _name, (_app, _mode) in _APPS.items():
-    register(
-        _name, dims=(2,), default_size=224, normalisation="minmax", channels=3, min_size=MIN_SIZE,
-        description=f"keras.applications.{_app} (ImageNet weights optional); inputs in [0, 1], "
-                    "grey repeated to RGB, preprocessing inside",
-    )(_app_builder(_name, _app, _mode))
+# Registered in meddx.models.registry as "meddx.models.applications:build_<name>".
+build_app_resnet50 = _app_builder("app_resnet50", "ResNet50", "caffe")
+build_app_densenet121 = _app_builder("app_densenet121", "DenseNet121", "torch")
+build_app_efficientnetb0 = _app_builder("app_efficientnetb0", "EfficientNetB0", "raw")
+build_app_mobilenetv2 = _app_builder("app_mobilenetv2", "MobileNetV2", "tf")
 
 
 # --- ConvNeXt-Tiny, flat -------------------------------------------------------------------------
@@ -154,10 +146,6 @@ def load_h5_weights_in_order(weighted_layers: list[Any], path: str) -> None:
         t.assign(a)
 
 
-@register(
-    "app_convnext_tiny", dims=(2,), default_size=224, normalisation="minmax", channels=3, min_size=MIN_SIZE,
-    description="ConvNeXt-Tiny (Keras Applications layout, assembled flat; ImageNet weights optional)",
-)
 def build_convnext_tiny(input_shape: tuple[int | None, ...], units: int, dims: int,
                         weights: str | os.PathLike | None = None, dropout: float = 0.0,
                         layer_scale_init_value: float = 1e-6) -> Any:

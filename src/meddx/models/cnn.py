@@ -6,17 +6,8 @@ from typing import Any, Sequence
 
 from meddx.errors import ConfigError
 from meddx.models._blocks import classification_head, conv_bn_relu, finish, image_input, mark_features, nd
-from meddx.models.registry import register
 
 
-@register(
-    "cnn",
-    dims=(2, 3),
-    default_size={2: 64, 3: 28},
-    normalisation="minmax",
-    description="6-conv batch-norm CNN (32-32-pool-64-64-pool-128-128 in 2D, 16-32-64 in 3D; first conv "
-                "strided for inputs >= 48 px); fast CPU default",
-)
 def build_cnn(input_shape: tuple[int | None, ...], units: int, dims: int, filters: Sequence[int] | None = None,
               convs_per_stage: int = 2, dropout: float = 0.3, strided_stem: bool | None = None,
               pools: int | None = None, pooling: str = "avg") -> Any:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from meddx.models._blocks import classification_head, finish, image_input, is_small, mark_features, nd
-from meddx.models.registry import register
 
 
 def _bn_relu_conv(x: Any, filters: int, kernel: int, dims: int, name: str) -> Any:
@@ -35,8 +34,6 @@ def transition(x: Any, dims: int, name: str, compression: float = 0.5) -> Any:
     return nd("AveragePooling", dims)(2, padding="same", name=f"{name}_pool")(x)
 
 
-@register("densenet121", dims=(2, 3), default_size={2: 64, 3: 32}, normalisation="zscore",
-          description="DenseNet-121 (growth 32, blocks 6-12-24-16); compact stem for inputs <= 64 px")
 def build_densenet121(input_shape: tuple[int | None, ...], units: int, dims: int, growth: int = 32,
                       blocks: Sequence[int] = (6, 12, 24, 16), small_stem: bool | None = None,
                       dropout: float = 0.0) -> Any:

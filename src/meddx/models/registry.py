@@ -1,11 +1,16 @@
-"""Model registry: name -> builder, with the input size and normalisation each model expects.
+"""Model registry: name -> builder, with the dims, default input size and kind each model has.
 
 AUCMEDI-style (one entry serves 2D and 3D through a `dims` switch, MONAI-style). Importing this
-module is cheap: Keras is only imported when a model is actually built.
+module, `list_models()` and `model_spec()` are cheap: the built-in models are declared here with
+their builders as lazy "module:function" references, so Keras/TensorFlow are imported only when a
+model is actually built (`build_model`) or loaded (`load_model`).
 
-    spec = model_spec("cnn")                 # ModelSpec: dims, default size, normalisation...
+Default preprocessing is not a property of the model: it comes from the data (see
+`meddx.transforms` and the training config).
+
+    spec = model_spec("cnn")                 # ModelSpec: dims, default size, kind, channels...
     model = build_model("cnn", (28, 28, 1), n_classes=2, task="binary")   # logits, flat graph
-    layer_name = find_cam_layer(model)       # last spatial feature map (for Grad-CAM)
+    layer_name = find_cam_layer(model)       # meddx.models.layers: the Grad-CAM feature map
 """
 
 from __future__ import annotations
@@ -17,22 +22,27 @@ from typing import Any, Callable, Sequence
 from meddx.errors import ConfigError
 
 TASKS = ("binary", "multiclass", "multilabel")
-NORMALISATIONS = ("minmax", "zscore", "imagenet")
 KINDS = ("classification", "segmentation")
 CAM_LAYER = "features"
 OUTPUT_LAYER = "logits"
-_ARCH_MODULES = ("cnn", "resnet", "densenet", "unet", "applications", "sequence")
+# Modules that define Keras layers registered for safe loading of saved `.keras` models.
+_SERIALISABLE_MODULES = ("meddx.models.custom_layers", "meddx.models.sequence")
+
+Builder = Callable[..., Any]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a registered model expects: spatial dims, default size, normalisation, channels."""
+    """What a registered model expects: spatial dims, default size, kind, channels.
+
+    `builder` is the function `builder(input_shape, units, dims, **kw) -> keras.Model`, or a lazy
+    "package.module:function" reference imported on first use (`get_builder()`).
+    """
 
     name: str
-    builder: Callable[..., Any] = field(repr=False, compare=False)
+    builder: Builder | str = field(repr=False, compare=False)
     dims: tuple[int, ...]
     default_size: dict[int, int]
-    normalisation: str
     description: str
     kind: str = "classification"
     channels: int | None = None  # None: any number; 3: 1 or 3 accepted (grey repeated inside)
@@ -50,53 +60,119 @@ class ModelSpec:
         """True for dense (per-voxel) models such as the U-Net."""
         return self.kind == "segmentation"
 
+    def get_builder(self) -> Builder:
+        """The builder function, importing its module now when it is a lazy "module:function" reference."""
+        if not isinstance(self.builder, str):
+            return self.builder
+        module, _, attr = self.builder.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
 
 _REGISTRY: dict[str, ModelSpec] = {}
-_loaded = False
+
+
+def _checked(name: str, builder: Builder | str, dims: Sequence[int], default_size: int | dict[int, int],
+             kind: str) -> tuple[tuple[int, ...], dict[int, int]]:
+    """(dims, default sizes per dims) after checking a registration; ValueError (a programming error) if wrong."""
+    dims_t = tuple(sorted(set(int(d) for d in dims)))
+    if not dims_t or any(d not in (2, 3) for d in dims_t):
+        raise ValueError(f"register({name!r}): dims must be a subset of (2, 3), got {dims!r}")
+    if kind not in KINDS:
+        raise ValueError(f"register({name!r}): kind must be one of {KINDS}")
+    sizes = dict(default_size) if isinstance(default_size, dict) else {d: int(default_size) for d in dims_t}
+    if set(sizes) != set(dims_t):
+        raise ValueError(f"register({name!r}): default_size must give a size for each of dims {dims_t}")
+    if isinstance(builder, str) and (builder.count(":") != 1 or not all(builder.split(":"))):
+        raise ValueError(f"register({name!r}): a lazy builder must read 'package.module:function', got {builder!r}")
+    return dims_t, sizes
+
+
+def _same_builder(old: Builder | str, new: Builder | str) -> bool:
+    """True when `old` and `new` name the same function (one may be its lazy "module:function" reference)."""
+    if old is new:
+        return True
+
+    def ref(b: Builder | str) -> str:
+        return b if isinstance(b, str) else f"{getattr(b, '__module__', '')}:{getattr(b, '__qualname__', '')}"
+
+    return ref(old) == ref(new)
 
 
 def register(
     name: str,
     dims: Sequence[int] = (2, 3),
     default_size: int | dict[int, int] = 64,
-    normalisation: str = "minmax",
     description: str = "",
     kind: str = "classification",
     channels: int | None = None,
     min_size: int | None = None,
     cam_layer: str = CAM_LAYER,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering `builder(input_shape, n_outputs, dims, **kw) -> keras.Model`."""
-    dims_t = tuple(sorted(set(int(d) for d in dims)))
-    if not dims_t or any(d not in (2, 3) for d in dims_t):
-        raise ValueError(f"register({name!r}): dims must be a subset of (2, 3), got {dims!r}")
-    if normalisation not in NORMALISATIONS:
-        raise ValueError(f"register({name!r}): normalisation must be one of {NORMALISATIONS}")
-    if kind not in KINDS:
-        raise ValueError(f"register({name!r}): kind must be one of {KINDS}")
-    sizes = dict(default_size) if isinstance(default_size, dict) else {d: int(default_size) for d in dims_t}
-    if set(sizes) != set(dims_t):
-        raise ValueError(f"register({name!r}): default_size must give a size for each of dims {dims_t}")
+    builder: str | None = None,
+) -> Callable[[Builder], Builder]:
+    """Register a model: as a decorator on `builder(input_shape, n_outputs, dims, **kw) -> keras.Model`,
+    or with `builder="package.module:function"` (registered at once, imported on first build).
 
-    def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _REGISTRY and _REGISTRY[name].builder is not builder:
+    Returns the decorator (a no-op pass-through once a lazy `builder` reference is registered).
+    """
+    dims_t, sizes = _checked(name, builder or "_:_", dims, default_size, kind)
+
+    def add(b: Builder | str) -> None:
+        if name in _REGISTRY and not _same_builder(_REGISTRY[name].builder, b):
             raise ValueError(f"model name {name!r} is already registered")
-        _REGISTRY[name] = ModelSpec(
-            name=name, builder=builder, dims=dims_t, default_size=sizes, normalisation=normalisation,
-            description=description, kind=kind, channels=channels, min_size=min_size, cam_layer=cam_layer,
-        )
-        return builder
+        _REGISTRY[name] = ModelSpec(name=name, builder=b, dims=dims_t, default_size=sizes, description=description,
+                                    kind=kind, channels=channels, min_size=min_size, cam_layer=cam_layer)
+
+    if builder is not None:
+        add(builder)
+        return lambda fn: fn
+
+    def decorator(fn: Builder) -> Builder:
+        add(fn)
+        return fn
 
     return decorator
 
 
-def _ensure_loaded() -> None:
-    """Import the architecture modules so their @register decorators run (they import Keras lazily)."""
-    global _loaded
-    if not _loaded:
-        for mod in _ARCH_MODULES:
-            importlib.import_module(f"meddx.models.{mod}")
-        _loaded = True
+# -- the built-in models (declared here so listing them imports no Keras) -------------------------
+
+_SEQ_DESC = "sequence model over frames (T, H, W, C): per-frame CNN shared over time + "
+_APP_DESC = ("keras.applications.{} (ImageNet weights optional); inputs in [0, 1], grey repeated to RGB, "
+             "preprocessing inside")
+_BUILTINS: tuple[dict[str, Any], ...] = (
+    dict(name="cnn", builder="meddx.models.cnn:build_cnn", dims=(2, 3), default_size={2: 64, 3: 28},
+         description="6-conv batch-norm CNN (32-32-pool-64-64-pool-128-128 in 2D, 16-32-64 in 3D; first conv "
+                     "strided for inputs >= 48 px); fast CPU default"),
+    dict(name="resnet18", builder="meddx.models.resnet:build_resnet18", dims=(2, 3), default_size={2: 64, 3: 32},
+         description="ResNet-18 (basic blocks 2-2-2-2); CIFAR stem for inputs <= 64 px"),
+    dict(name="resnet50", builder="meddx.models.resnet:build_resnet50", dims=(2, 3), default_size={2: 64, 3: 32},
+         description="ResNet-50 (bottleneck blocks 3-4-6-3); CIFAR stem for inputs <= 64 px"),
+    dict(name="densenet121", builder="meddx.models.densenet:build_densenet121", dims=(2, 3),
+         default_size={2: 64, 3: 32},
+         description="DenseNet-121 (growth 32, blocks 6-12-24-16); compact stem for inputs <= 64 px"),
+    dict(name="unet", builder="meddx.models.unet:build_unet", dims=(2, 3), default_size={2: 128, 3: 64},
+         kind="segmentation",
+         description="U-Net (depth 4, 32 base filters, optional residual blocks); per-pixel logits"),
+    *(dict(name=name, builder=f"meddx.models.applications:build_{name}", dims=(2,), default_size=224, channels=3,
+           min_size=32, description=_APP_DESC.format(app))  # min_size: applications.MIN_SIZE
+      for name, app in (("app_resnet50", "ResNet50"), ("app_densenet121", "DenseNet121"),
+                        ("app_efficientnetb0", "EfficientNetB0"), ("app_mobilenetv2", "MobileNetV2"))),
+    dict(name="app_convnext_tiny", builder="meddx.models.applications:build_convnext_tiny", dims=(2,),
+         default_size=224, channels=3, min_size=32,
+         description="ConvNeXt-Tiny (Keras Applications layout, assembled flat; ImageNet weights optional)"),
+    dict(name="lstm", builder="meddx.models.sequence:build_lstm", dims=(3,), default_size=64,
+         description=_SEQ_DESC + "bidirectional LSTM + attention pooling"),
+    dict(name="gru", builder="meddx.models.sequence:build_gru", dims=(3,), default_size=64,
+         description=_SEQ_DESC + "bidirectional GRU + attention pooling"),
+    dict(name="tcn", builder="meddx.models.sequence:build_tcn", dims=(3,), default_size=64,
+         description=_SEQ_DESC + "TCN (dilated causal Conv1D residual blocks) + attention pooling"),
+    dict(name="transformer", builder="meddx.models.sequence:build_transformer", dims=(3,), default_size=64,
+         description=_SEQ_DESC + "Transformer encoder (sinusoidal positions, masked MHA) + attention pooling"),
+    dict(name="cnn25d", builder="meddx.models.sequence:build_cnn25d", dims=(3,), default_size=64,
+         description="2.5D baseline: the T frames (T, H, W, C) stacked as channels of one 2D CNN (fixed T)"),
+)
+for _entry in _BUILTINS:
+    register(**_entry)
+del _entry
 
 
 def _dims_text(dims: Sequence[int]) -> str:
@@ -105,7 +181,6 @@ def _dims_text(dims: Sequence[int]) -> str:
 
 def list_models(kind: str | None = None, dims: int | None = None) -> list[str]:
     """Registered model names, optionally only one kind ('classification'/'segmentation') or dims."""
-    _ensure_loaded()
     return sorted(
         n for n, s in _REGISTRY.items() if (kind is None or s.kind == kind) and (dims is None or dims in s.dims)
     )
@@ -113,7 +188,6 @@ def list_models(kind: str | None = None, dims: int | None = None) -> list[str]:
 
 def model_spec(name: str) -> ModelSpec:
     """The ModelSpec registered under `name`; ConfigError listing the choices when unknown."""
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -174,7 +248,7 @@ def build_model(
         raise ConfigError(f"model '{name}' takes 1 (grey) or 3 (RGB) channels; the data have {shape[-1]}")
     units = output_units(task, n_classes)
     try:
-        model = spec.builder(shape, units, dims=dims, **kw)
+        model = spec.get_builder()(shape, units, dims=dims, **kw)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
             raise ConfigError(f"model '{name}': {exc}") from None
@@ -182,37 +256,10 @@ def build_model(
     return model
 
 
-def find_cam_layer(model: Any) -> str:
-    """Name of the layer Grad-CAM should use: 'features' if present, else the last layer with a 4D/5D output."""
-    import keras
-
-    candidates = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        try:
-            out = layer.output
-        except (AttributeError, ValueError):
-            continue
-        if isinstance(out, (list, tuple)) or len(out.shape) not in (4, 5):
-            continue
-        candidates.append(layer.name)
-    if CAM_LAYER in candidates:
-        return CAM_LAYER
-    non_output = [c for c in candidates if c != OUTPUT_LAYER]
-    if non_output:
-        return non_output[-1]
-    if candidates:
-        return candidates[-1]
-    raise ConfigError(f"model '{model.name}' has no layer with a spatial (4D/5D) output for Grad-CAM")
-
-
 def load_model(path: Any) -> Any:
     """Load a saved `.keras` model safely (safe_mode=True) with meddx's custom layers registered."""
     import keras
 
-    from meddx.models import custom_layers  # noqa: F401  (registers meddx>... layers)
-
-    _ensure_loaded()  # sequence models define their own serialisable layers
-
+    for module in _SERIALISABLE_MODULES:  # their @register_keras_serializable layers must be known
+        importlib.import_module(module)
     return keras.models.load_model(path, safe_mode=True)

@@ -11,7 +11,6 @@ from typing import Any, Sequence
 from meddx.models._blocks import (
     classification_head, conv_bn_relu, finish, image_input, is_small, mark_features, nd,
 )
-from meddx.models.registry import register
 
 
 def _shortcut(x: Any, filters: int, stride: int, dims: int, name: str) -> Any:
@@ -71,15 +70,11 @@ def build_resnet(input_shape: tuple[int | None, ...], units: int, dims: int, blo
     return finish(inputs, classification_head(x, units, dims, dropout), name=f"{name}_{dims}d")
 
 
-@register("resnet18", dims=(2, 3), default_size={2: 64, 3: 32}, normalisation="zscore",
-          description="ResNet-18 (basic blocks 2-2-2-2); CIFAR stem for inputs <= 64 px")
 def build_resnet18(input_shape: tuple[int | None, ...], units: int, dims: int, **kw: Any) -> Any:
     """ResNet-18."""
     return build_resnet(input_shape, units, dims, "basic", (2, 2, 2, 2), name="resnet18", **kw)
 
 
-@register("resnet50", dims=(2, 3), default_size={2: 64, 3: 32}, normalisation="zscore",
-          description="ResNet-50 (bottleneck blocks 3-4-6-3); CIFAR stem for inputs <= 64 px")
 def build_resnet50(input_shape: tuple[int | None, ...], units: int, dims: int, **kw: Any) -> Any:
     """ResNet-50."""
     return build_resnet(input_shape, units, dims, "bottleneck", (3, 4, 6, 3), name="resnet50", **kw)

@@ -18,7 +18,8 @@ Per-frame relevance is exposed by the layers "frame_scores" (N, T, 1, pre-softma
 The registry knows these as 3D-input ("classification") models because their input has four
 axes; `SEQUENCE_MODELS` / `is_sequence_model` tell them apart. `cnn25d` is the 2.5D baseline
 (adjacent frames as channels, fixed T); a 3D CNN comparison is the registry's `cnn` on (D, H, W, C).
-Keras is imported at module import here: the registry imports this module lazily.
+Keras is imported at module import here: the registry names these builders lazily
+("meddx.models.sequence:build_lstm") and imports this module only to build or load a model.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 from keras import layers, ops
 
 from meddx.errors import ConfigError
-from meddx.models.registry import CAM_LAYER, OUTPUT_LAYER, register
+from meddx.models.registry import CAM_LAYER, OUTPUT_LAYER
 
 __all__ = [
     "SEQUENCE_MODELS", "is_sequence_model", "frame_importance", "FrameMask", "ApplyFrameMask",
@@ -318,12 +319,8 @@ def _build(input_shape: Sequence[int | None], units: int, head: str, filters: Se
     return keras.Model(inputs, logits, name=f"seq_{head}")
 
 
-# -- registered builders ----------------------------------------------------------------------
+# -- registered builders (declared in meddx.models.registry) -----------------------------------
 
-_SEQ_DESC = "sequence model over frames (T, H, W, C): per-frame CNN shared over time + "
-
-
-@register("lstm", dims=(3,), default_size=64, description=_SEQ_DESC + "bidirectional LSTM + attention pooling")
 def build_lstm(input_shape: tuple[int | None, ...], units: int, dims: int = 3, filters: Sequence[int] | None = None,
                rnn_units: int = 32, bidirectional: bool = True, dropout: float = 0.2,
                pooling: str = DEFAULT_FRAME_POOLING, lesion_map: bool = False) -> Any:
@@ -335,7 +332,6 @@ def build_lstm(input_shape: tuple[int | None, ...], units: int, dims: int = 3, f
                   bidirectional=bidirectional)
 
 
-@register("gru", dims=(3,), default_size=64, description=_SEQ_DESC + "bidirectional GRU + attention pooling")
 def build_gru(input_shape: tuple[int | None, ...], units: int, dims: int = 3, filters: Sequence[int] | None = None,
               rnn_units: int = 32, bidirectional: bool = True, dropout: float = 0.2,
               pooling: str = DEFAULT_FRAME_POOLING, lesion_map: bool = False) -> Any:
@@ -345,8 +341,6 @@ def build_gru(input_shape: tuple[int | None, ...], units: int, dims: int = 3, fi
                   bidirectional=bidirectional)
 
 
-@register("tcn", dims=(3,), default_size=64,
-          description=_SEQ_DESC + "TCN (dilated causal Conv1D residual blocks) + attention pooling")
 def build_tcn(input_shape: tuple[int | None, ...], units: int, dims: int = 3, filters: Sequence[int] | None = None,
               channels: int = 32, kernel_size: int = 3, dilations: Sequence[int] = (1, 2, 4),
               dropout: float = 0.2, pooling: str = DEFAULT_FRAME_POOLING, lesion_map: bool = False) -> Any:
@@ -356,8 +350,6 @@ def build_tcn(input_shape: tuple[int | None, ...], units: int, dims: int = 3, fi
                   kernel_size=kernel_size, dilations=tuple(dilations))
 
 
-@register("transformer", dims=(3,), default_size=64,
-          description=_SEQ_DESC + "Transformer encoder (sinusoidal positions, masked MHA) + attention pooling")
 def build_transformer(input_shape: tuple[int | None, ...], units: int, dims: int = 3,
                       filters: Sequence[int] | None = None, d_model: int = 32, num_heads: int = 2,
                       num_layers: int = 1, dropout: float = 0.1, pooling: str = DEFAULT_FRAME_POOLING,
@@ -368,8 +360,6 @@ def build_transformer(input_shape: tuple[int | None, ...], units: int, dims: int
                   num_heads=num_heads, num_layers=num_layers)
 
 
-@register("cnn25d", dims=(3,), default_size=64,
-          description="2.5D baseline: the T frames (T, H, W, C) stacked as channels of one 2D CNN (fixed T)")
 def build_cnn25d(input_shape: tuple[int | None, ...], units: int, dims: int = 3,
                  filters: Sequence[int] | None = None, dropout: float = 0.2) -> Any:
     """Adjacent slices as channels: (T, H, W, C) -> (H, W, T*C) -> conv-BN-ReLU stages -> GAP -> logits."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from meddx.models._blocks import conv_bn_relu, finish, image_input, mark_features, nd
-from meddx.models.registry import OUTPUT_LAYER, register
+from meddx.models.registry import OUTPUT_LAYER
 
 
 def conv_unit(x: Any, filters: int, dims: int, name: str, residual: bool = False) -> Any:
@@ -32,8 +32,6 @@ def conv_unit(x: Any, filters: int, dims: int, name: str, residual: bool = False
     return layers.ReLU(name=f"{name}_out")(y)
 
 
-@register("unet", dims=(2, 3), default_size={2: 128, 3: 64}, normalisation="zscore", kind="segmentation",
-          description="U-Net (depth 4, 32 base filters, optional residual blocks); per-pixel logits")
 def build_unet(input_shape: tuple[int | None, ...], units: int, dims: int, depth: int = 4,
                base_filters: int = 32, residual: bool = False, dropout: float = 0.0) -> Any:
     """U-Net with `depth` poolings; filters double per level; transposed-conv upsampling; 1x1 conv logits."""
