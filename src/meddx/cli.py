@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on DATA into a RUN folder")
     t.add_argument("data", help="a MedMNIST-style .npz, a folder with one subfolder per class, or a CSV manifest")
     t.add_argument("--out", required=True, help="RUN folder to create (an interrupted run resumes)")
-    t.add_argument("--model", help="registry name: cnn (default), resnet18, resnet50, densenet121, app_*, unet ...")
+    t.add_argument("--model", help="registry name: cnn (default), resnet18, resnet50, densenet121, app_*, unet ...; "
+                                   "sequence models lstm, gru, tcn, transformer, cnn25d for videos / cine / slice "
+                                   "stacks (lstm is chosen when --model is left out and the data are sequences)")
     t.add_argument("--task", choices=["classification", "segmentation"])
     t.add_argument("--epochs", type=int, help="default: chosen from the data size")
     t.add_argument("--image-size", type=int, help="default: the data's size, capped by the model's default")
@@ -68,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="2D segmentation: stack each patient's slices (evaluate: grouped by patient ID, natural "
                         "name order; predict/report: a volume) and drop 3D lesion components smaller than F x that "
                         "patient's largest (e.g. 0.25): removes one-slice false alarms; stored in the RUN")
+    t.add_argument("--frames", type=int, metavar="N", help="sequence models: frames sampled per study (default 16)")
+    t.add_argument("--frame-sampling", choices=["uniform", "all"], dest="frame_sampling",
+                   help="sequence models: N evenly spaced frames (uniform, default) or every frame (all)")
     t.add_argument("--max-minutes", type=float, help="stop training cleanly after this many minutes")
     t.add_argument("--config", help="JSON or TOML file of training settings (options given here override it)")
     t.add_argument("--seed", type=int)
@@ -155,13 +160,22 @@ def _run(args: argparse.Namespace) -> int:
         cfg = cfg.updated({k: getattr(args, k) for k in ("model", "task", "epochs", "batch_size", "learning_rate",
                                                          "augment", "intensity", "max_minutes", "seed",
                                                          "select_channels", "channel_dropout", "lesion_fade",
-                                                         "seg_loss", "patch_size", "stack_min_fraction")},
+                                                         "seg_loss", "patch_size", "stack_min_fraction",
+                                                         "frames", "frame_sampling")},
                           source="command line")
         cfg = cfg.updated({"image_size": args.image_size})
         if cfg.task == "segmentation":
             from meddx.train.segmentation import train_segmenter
 
             train_segmenter(args.data, args.out, cfg, overwrite=args.overwrite)
+            return 0
+        from meddx.train.sequence import choose_sequence_model, train_sequence_classifier
+
+        requested = args.model or (cfg.model if args.config and cfg.model != TrainConfig.model else None)
+        sequence_model = choose_sequence_model(args.data, requested)
+        if sequence_model is not None:
+            train_sequence_classifier(args.data, args.out, cfg.updated({"model": sequence_model}),
+                                      overwrite=args.overwrite)
         else:
             from meddx.train.fit import train
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from meddx.app.common import Log, logger_or
-from meddx.errors import DataError
+from meddx.errors import DataError, naming
 from meddx.utils import atomic_write_json
 
 
@@ -69,6 +69,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path, split: 
     predictor = load(run_dir, tta=tta, stack_min_fraction=stack_min_fraction)
     if predictor.kind == "segmenter":
         return evaluate_segmenter(predictor, data, out, split=split, log=log)
+    if predictor.kind == "sequence_classifier":
+        return evaluate_sequences(predictor, data, out, split=split, log=log)
     if predictor.kind != "classifier":
         from meddx.errors import ConfigError
         raise ConfigError(f"evaluating a {predictor.kind} RUN is not supported yet", run_dir)
@@ -101,6 +103,36 @@ def evaluate_classifier(predictor: Any, data: str | Path, out: str | Path, split
         from meddx.report import render_evaluation_report
 
         metrics["report"] = str(render_evaluation_report(out, predictor.path))
+    _log_metrics(metrics, out, log)
+    return metrics
+
+
+def evaluate_sequences(predictor: Any, data: Any, out: str | Path, split: str = "test",
+                       log: Log | None = None) -> dict[str, Any]:
+    """metrics.json (AUC + CI grouped by patient, accuracy, calibration, per class) + plots for a sequence RUN."""
+    from meddx.evaluate.plots import write_classification_outputs
+    from meddx.models.outputs import logits_to_probs
+    from meddx.transforms.frames import read_study
+
+    log = logger_or(log)
+    ds = dataset_for_run(predictor, data)
+    idx = split_indices(predictor, ds, split, log)
+    sub = ds.subset(idx)
+    xs = []
+    for path in sub.items:
+        with naming(path):
+            xs.append(predictor.frames_of(read_study(path))[0])
+    if len({x.shape for x in xs}) == 1:  # uniform sampling: one batched call
+        logits = predictor.predict_logits(np.concatenate(xs), batch_size=16)
+    else:
+        logits = np.concatenate([predictor.predict_logits(x) for x in xs])
+    probs = logits_to_probs(logits, predictor.task)
+    threshold = predictor.threshold if predictor.threshold is not None else 0.5
+    metrics = write_classification_outputs(sub.labels, probs, predictor.class_names, predictor.task, out,
+                                           threshold=threshold, groups=sub.patient_ids,
+                                           seed=predictor.info.config.get("seed", 0))
+    metrics.update(split=split, data=str(ds.source), frames=predictor.info.to_dict()["sequence"])
+    atomic_write_json(Path(out) / "metrics.json", metrics)
     _log_metrics(metrics, out, log)
     return metrics
 

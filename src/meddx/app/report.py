@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from meddx.app.common import Log, expand_inputs, logger_or
-from meddx.errors import InputError, naming
+from meddx.errors import InputError, MeddxError, naming
 
 
 def report_studies(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, include_phi: bool = False,
@@ -78,6 +78,8 @@ def _dicom_outputs(study: dict[str, Any], out: Path, log: Log) -> dict[str, Any]
         if mask.any():
             paths["seg"] = str(write_dicom_seg(image, mask, study["source"], out / "lesions_seg.dcm"))
         paths["sr"] = str(write_dicom_sr(image, finding, study["lesions"], study["source"], out / "finding_sr.dcm"))
+    except MeddxError:
+        raise  # the user's input is the problem: one clear error, not a warning
     except (ValueError, TypeError, AttributeError) as exc:
         log(f"warning: could not write DICOM SEG/SR: {exc}")
     return paths

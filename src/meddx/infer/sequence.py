@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from meddx.data.sequences import sample_frames
-from meddx.errors import InputError
 from meddx.infer.base import Predictor
 from meddx.infer.display import grey_display
 from meddx.infer.prediction import Prediction
 from meddx.models.outputs import logits_to_probs
+from meddx.transforms.frames import sequence_input
 
 
 class SequenceClassifier(Predictor):
@@ -27,20 +26,10 @@ class SequenceClassifier(Predictor):
 
     def frames_of(self, image: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(model input (1, T, H, W, C), frame mask (1, T), the input frame index of each model frame)."""
-        if not (image.is_sequence or image.spatial_ndim == 3) or (image.is_sequence and image.spatial_ndim == 3):
-            raise InputError("is not a frame sequence (video, cine, slice stack); a sequence model needs one")
-        n = int(image.array.shape[0])
         settings = self.info.sequence
-        length = settings.frames if settings else None
-        mode = settings.sampling if settings else "all"
-        idx = sample_frames(n, None if mode == "all" else length, mode)
-        x = self.preprocessing.batch([image.array[k] for k in idx], progress=False)
-        t = max(len(idx), length or 0) if mode != "all" else len(idx)
-        out = np.zeros((1, t, *x.shape[1:]), np.float32)
-        out[0, : len(idx)] = x
-        mask = np.zeros((1, t), bool)
-        mask[0, : len(idx)] = True
-        return out, mask, np.asarray(idx)
+        x, mask, idx = sequence_input(image, self.preprocessing, settings.frames if settings else None,
+                                      settings.sampling if settings else "all")
+        return x[None], mask[None], idx
 
     def predict(self, image: Any, heatmap: bool | None = None, method: str | None = None) -> Prediction:
         """Classify one sequence; `frame_importance` (one weight per input frame, 0 for unsampled ones) and the

@@ -13,6 +13,8 @@ from meddx.errors import ConfigError
 
 # names of meddx.train.segmentation.SEGMENTATION_LOSSES
 SEG_LOSSES = ("dice_bce", "lesion_dice_bce", "batch_dice_bce", "tversky_bce")
+# meddx.data.sequences.SAMPLING_MODES, in the order the CLI offers them
+FRAME_SAMPLINGS = ("uniform", "all")
 
 
 @dataclass
@@ -43,6 +45,8 @@ class TrainConfig:
     patch_size: int | None = None  # segmentation 2D: train on random crops of this side, predict whole images
     stack_min_fraction: float = 0.0  # segmentation 2D: per patient, drop 3D components < this x the largest
     seg_loss: str = "dice_bce"  # segmentation: one of SEG_LOSSES (the losses are described in `meddx train --help`)
+    frames: int = 16  # sequence models: frames sampled per study (video, cine, slice stack)
+    frame_sampling: str = "uniform"  # sequence models: "uniform" (`frames` evenly spaced) or "all" (every frame)
     threads: int | None = None  # TF intra-op threads; None = all cores
     model_options: dict[str, Any] | None = None  # extra model-builder arguments (e.g. {"pooling": "max"})
 
@@ -99,6 +103,10 @@ class TrainConfig:
                               "--task segmentation only")
         if self.model_options is not None and not isinstance(self.model_options, dict):
             raise ConfigError(f"model_options must be a table/dict of builder arguments, got {self.model_options!r}")
+        if not 1 <= self.frames <= 4096:
+            raise ConfigError(f"frames must be between 1 and 4096, got {self.frames}")
+        if self.frame_sampling not in FRAME_SAMPLINGS:
+            raise ConfigError(f"frame_sampling must be {' or '.join(FRAME_SAMPLINGS)}, got {self.frame_sampling!r}")
         if self.image_size is not None and not 8 <= self.image_size <= 1024:
             raise ConfigError(f"image_size must be between 8 and 1024, got {self.image_size}")
 

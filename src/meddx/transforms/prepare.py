@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from meddx.data.datasets import Dataset
-from meddx.errors import InputError
+from meddx.errors import InputError, MeddxError
 
 
 def probe_item(ds: Dataset) -> tuple[int, int, tuple[int, ...]]:
@@ -27,7 +27,8 @@ def probe_item(ds: Dataset) -> tuple[int, int, tuple[int, ...]]:
 
     img = read_image(first)
     if img.is_sequence:
-        raise InputError("is a sequence (video / 4D series); use a sequence model (--model lstm|gru|tcn|transformer)", first)
+        raise InputError("is a sequence (video / cine / 4D series), which an image model cannot read; use a sequence "
+                         "model (--model lstm|gru|tcn|transformer|cnn25d) or leave --model out", first)
     return img.spatial_ndim, img.n_channels, tuple(int(s) for s in img.spatial_shape)
 
 
@@ -85,7 +86,7 @@ def _read_and_prepare(ds: Dataset, prep: Any, progress: bool | None) -> np.ndarr
             raise InputError("is a sequence (video / 4D series), not a single image", path)
         try:
             out[i] = prep(img)
-        except InputError:
+        except MeddxError:
             raise
         except ValueError as exc:
             raise InputError(f"cannot preprocess: {exc}", path) from None

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from meddx.errors import ConfigError, InputError
+from meddx.errors import ConfigError, InputError, MeddxError
 from meddx.io.image import Image
 from meddx.transforms._base import (
     Transform,
@@ -512,8 +512,9 @@ def _parse_intensity(spec: str | None) -> Transform | None:
                 return Window.preset(arg)
             center, width = _tuple(arg.split(","), 2, "window")
             return Window(center, width)
-    except ValueError:
-        pass
+    except ValueError as exc:
+        if isinstance(exc, MeddxError):  # a specific complaint (unknown CT window ...) says more than the generic one
+            raise
     raise ConfigError(f"unknown intensity {spec!r}; choose one of {', '.join(INTENSITY_CHOICES)}")
 
 

@@ -1,0 +1,252 @@
+"""Train a sequence classifier into a RUN folder: studies (video, cine, DICOM multi-frame, slice stacks) ->
+sampled frames, each preprocessed as a 2D image -> a registry sequence model (`lstm`, `gru`, `tcn`,
+`transformer`, `cnn25d`) -> the RUN `meddx.infer.SequenceClassifier` predicts with.
+
+The recipe is the classifiers' (`meddx.train.fit`): patient-grouped splits, balanced class weights, AdamW with a
+cosine schedule, best-validation-AUC weights, a Youden threshold for binary tasks, `BackupAndRestore` (an
+interrupted run resumes) and a wall-clock budget. Frames are sampled and preprocessed by
+`meddx.transforms.frames.sequence_input`, the function the predictor uses, so training and inference agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from meddx import __version__
+from meddx.data.datasets import Dataset, describe, format_summary, load_dataset
+from meddx.data.sequences import pad_sequences
+from meddx.data.splits import assign_splits
+from meddx.errors import ConfigError, DataError, naming
+from meddx.models.outputs import logits_to_probs
+from meddx.models.runtime import configure_tensorflow
+from meddx.train.config import TrainConfig, auto_epochs
+from meddx.train.fit import (_check_both_classes, _make_callbacks, _read_history, check_run_dir,
+                             class_sample_weights, encode_labels, make_tf_dataset, model_channels,
+                             write_run_folder)
+from meddx.transforms.frames import check_frames, read_study, sequence_input
+
+LOGGER = logging.getLogger("meddx")
+DEFAULT_SEQUENCE_MODEL = "lstm"
+SEQUENCE_BUILDERS = "meddx.models.sequence:"  # where the registry's sequence models are built
+MIN_STEPS_PER_EPOCH = 8  # the batch shrinks (below cfg.batch_size) so small sets still take several steps
+
+
+def sequence_model_names() -> tuple[str, ...]:
+    """Registry names of the sequence models (`meddx.models.sequence.SEQUENCE_MODELS`), read without Keras."""
+    from meddx.models.registry import list_models, model_spec
+
+    return tuple(n for n in list_models() if str(model_spec(n).builder).startswith(SEQUENCE_BUILDERS))
+
+
+def is_sequence_study(data: str | Path | Dataset) -> bool:
+    """True when DATA's first case is a frame sequence (video, cine, 4D series); npz data never are."""
+    if not isinstance(data, Dataset) and Path(data).suffix.lower() == ".npz":
+        return False
+    ds = data if isinstance(data, Dataset) else load_dataset(data)
+    if not ds.items or isinstance(ds.items[0], np.ndarray):
+        return False
+    with naming(ds.items[0]):
+        return bool(read_study(ds.items[0]).is_sequence)
+
+
+def choose_sequence_model(data: str | Path | Dataset, requested: str | None,
+                          log: Callable[[str], None] | None = None) -> str | None:
+    """The sequence model to train: `requested` when it is one; the default when none was requested and the
+    data are sequences; None (train an image classifier) otherwise."""
+    if requested is not None:
+        return requested if requested in sequence_model_names() else None
+    if not is_sequence_study(data):
+        return None
+    (log or LOGGER.info)(f"sequence data: using --model {DEFAULT_SEQUENCE_MODEL} (default for sequences)")
+    return DEFAULT_SEQUENCE_MODEL
+
+
+def check_sequence_config(cfg: TrainConfig) -> None:
+    """ConfigError unless `cfg` asks for a sequence model on a classification task."""
+    names = sequence_model_names()
+    if cfg.model not in names:
+        raise ConfigError(f"model '{cfg.model}' is not a sequence model (choose one of {', '.join(names)})")
+    if cfg.task != "classification":
+        raise ConfigError("sequence models classify whole studies; --task segmentation is not available for them")
+    if cfg.model == "cnn25d" and cfg.frame_sampling == "all":
+        raise ConfigError("cnn25d needs a fixed number of frames: use --frame-sampling uniform")
+
+
+def sequence_preprocessing(ds: Dataset, cfg: TrainConfig) -> Any:
+    """The 2D per-frame `Preprocessing`, sized from the first study and the model's registry default."""
+    from meddx.models.registry import model_spec
+    from meddx.transforms.preprocess import Preprocessing
+
+    if isinstance(ds.items[0], np.ndarray):
+        raise DataError("sequence models read studies from files (videos, DICOM, NIfTI, slice folders); "
+                        "in-memory arrays are not supported", ds.source)
+    with naming(ds.items[0]):
+        first = read_study(ds.items[0])
+        check_frames(first)
+    native = tuple(int(s) for s in first.array.shape[1:3])
+    size = cfg.image_size or min(max(native), model_spec(cfg.model).default_size[3])
+    return Preprocessing(spatial_ndim=2, image_size=size, channels=model_channels(cfg, first.n_channels),
+                         intensity=cfg.intensity or "minmax", select_channels=cfg.select_channels)
+
+
+def read_sequences(ds: Dataset, idx: np.ndarray, prep: Any, cfg: TrainConfig) -> np.ndarray:
+    """(N, T, H, W, C) model input of the studies `idx` (sampling "all": zero-padded to the longest)."""
+    seqs = []
+    for i in idx:
+        with naming(ds.items[i]):
+            x, _, _ = sequence_input(read_study(ds.items[i]), prep, cfg.frames, cfg.frame_sampling)
+        seqs.append(x)
+    if not seqs:
+        return np.zeros((0, cfg.frames, *prep.output_shape), np.float32)
+    return pad_sequences(seqs)[0].astype(np.float32, copy=False)
+
+
+def split_cases(ds: Dataset, cfg: TrainConfig, log: Callable[[str], None]) -> tuple[np.ndarray, ...]:
+    """(split name per case, train indices, validation indices), patient-grouped; both classes in each."""
+    splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    tr, va = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
+    if len(va) == 0:
+        from meddx.data.splits import _groups, _holdout, _strata
+
+        va = np.sort(_holdout(_strata(ds), _groups(ds), tr, cfg.val_fraction, cfg.seed))
+        splits[va] = "val"
+        tr = np.setdiff1d(tr, va)
+        log(f"no validation split in the data: held out {len(va)} training cases for validation")
+    _check_both_classes(ds, tr, "train")
+    _check_both_classes(ds, va, "val")
+    return splits, tr, va
+
+
+class SequenceFlip:
+    """Left-right flip of whole sequences (every frame alike) with probability 1/2, as a tf.data map function."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def as_tf_function(self) -> Callable[[Any], Any]:
+        """The batch (N, T, H, W, C) -> batch function `make_tf_dataset` maps."""
+        import tensorflow as tf
+
+        seed = self.seed
+
+        def flip(x: Any) -> Any:
+            coin = tf.random.uniform([tf.shape(x)[0], 1, 1, 1, 1], seed=seed) < 0.5
+            return tf.where(coin, tf.reverse(x, axis=[3]), x)
+
+        return flip
+
+
+def batch_size_for(n_train: int, cfg: TrainConfig) -> int:
+    """cfg.batch_size, made smaller when needed so an epoch takes at least MIN_STEPS_PER_EPOCH steps."""
+    return int(max(2, min(cfg.batch_size, math.ceil(n_train / MIN_STEPS_PER_EPOCH))))
+
+
+def compile_model(cfg: TrainConfig, shape: tuple[Any, ...], ds: Dataset, epochs: int, steps: int) -> Any:
+    """The registry model, compiled with AdamW + cosine decay and a from-logits cross-entropy."""
+    import keras
+
+    from meddx.models.registry import build_model
+
+    options = {"dropout": cfg.dropout, **(cfg.model_options or {})}
+    model = build_model(cfg.model, shape, ds.n_classes, task=ds.task, **options)
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=epochs * steps, alpha=0.01)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    if ds.task == "multiclass":
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    else:
+        loss = keras.losses.BinaryCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=cfg.jit_compile)
+    return model
+
+
+def validation_results(model: Any, x_va: np.ndarray, ds: Dataset, va: np.ndarray,
+                       cfg: TrainConfig) -> tuple[float | None, dict[str, Any]]:
+    """(Youden threshold for binary tasks else None, validation metrics at that threshold)."""
+    from meddx.evaluate.classification import classification_metrics, youden_threshold
+
+    probs = logits_to_probs(model.predict(x_va, batch_size=16, verbose=0), ds.task)
+    y = ds.labels[va]
+    threshold = float(youden_threshold(y, probs[:, 1])) if ds.task == "binary" else None
+    groups = ds.patient_ids[va] if ds.patient_ids is not None else None
+    metrics = classification_metrics(y, probs, ds.class_names, task=ds.task,
+                                     threshold=0.5 if threshold is None else threshold, groups=groups, seed=cfg.seed)
+    return threshold, metrics
+
+
+def run_description(cfg: TrainConfig, ds: Dataset, prep: Any, shape: tuple[Any, ...], epochs: int,
+                    batch: int, run_dir: Path) -> dict[str, Any]:
+    """run.json's fields known before validation (kind, model, labels, preprocessing, sequence sampling)."""
+    return {
+        "meddx_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kind": "sequence_classifier", "model": cfg.model, "task": ds.task, "class_names": ds.class_names,
+        "positive_class": ds.class_names[1] if ds.task == "binary" else None,
+        "input_shape": list(shape), "spatial_ndim": 2, "preprocessing": prep.get_config(),
+        "model_options": dict(cfg.model_options or {}),
+        "config": {**cfg.to_dict(), "epochs": epochs, "batch_size": batch},
+        "epochs_run": len(_read_history(run_dir / "history.csv")),
+        "sequence": {"frames": cfg.frames, "sampling": cfg.frame_sampling, "frame_size": int(prep.image_size[0])},
+    }
+
+
+def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None = None,
+                              overwrite: bool = False, log: Callable[[str], None] | None = None,
+                              verbose: int | str = "auto") -> dict[str, Any]:
+    """Train `cfg.model` (a sequence model) on DATA's studies into the RUN folder `out`; returns run.json's dict."""
+    log = log or LOGGER.info
+    cfg = cfg or TrainConfig(model=DEFAULT_SEQUENCE_MODEL)
+    check_sequence_config(cfg)
+    run_dir = Path(out)
+    resuming = check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "data": str(getattr(data, "source", data))})
+    configure_tensorflow(cfg.threads, cfg.seed)
+    ds = data if isinstance(data, Dataset) else load_dataset(data)
+    if ds.task == "multilabel":
+        raise ConfigError("sequence models support binary and multi-class labels, not multi-label", ds.source)
+    splits, tr, va = split_cases(ds, cfg, log)
+    summary = describe(ds, splits)
+    log(format_summary(summary))
+    prep = sequence_preprocessing(ds, cfg)
+    log(f"frames: {cfg.frame_sampling}" + (f" ({cfg.frames} per study)" if cfg.frame_sampling == "uniform" else "")
+        + f", each {prep.image_size[0]} px, {prep.output_shape[-1]} channel(s), intensity {prep.intensity}")
+    t_read = time.monotonic()
+    x_tr, x_va = read_sequences(ds, tr, prep, cfg), read_sequences(ds, va, prep, cfg)
+    log(f"read {len(tr) + len(va)} studies in {time.monotonic() - t_read:.0f} s")
+    y_all = encode_labels(ds)
+    y_tr, y_va = y_all[tr], y_all[va]
+
+    batch = batch_size_for(len(tr), cfg)
+    steps = max(1, math.ceil(len(tr) / batch))
+    epochs = cfg.epochs or auto_epochs(len(tr), batch, target_steps=300, lo=10, hi=60)
+    shape = (cfg.frames if cfg.frame_sampling == "uniform" else None, *prep.output_shape)
+    model = compile_model(cfg, shape, ds, epochs, steps)
+    augmenter = None if cfg.augment == "none" else SequenceFlip(cfg.seed)
+    weights = class_sample_weights(y_tr, ds.task) if cfg.class_weights else None
+    train_ds = make_tf_dataset(x_tr, y_tr, batch, cfg.seed, augmenter, sample_weight=weights)
+    log(f"training {cfg.model} for up to {epochs} epochs ({len(tr)} train / {len(va)} val studies, batch {batch}, "
+        f"augment {'left-right flips' if augmenter else 'none'}, {'resuming' if resuming else 'new run'}) -> {run_dir}")
+    callbacks = _make_callbacks(run_dir, x_va, y_va, ds.task, cfg.patience, cfg.max_minutes, batch)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    t0 = time.monotonic()
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    model.fit(train_ds, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    seconds = time.monotonic() - t0
+
+    threshold, val_metrics = validation_results(model, x_va, ds, va, cfg)
+    info = run_description(cfg, ds, prep, shape, epochs, batch, run_dir)
+    info.update(threshold=threshold, best_epoch=int(callbacks[1].best_epoch) + 1, training_seconds=round(seconds, 1),
+                data={"source": str(ds.source), "kind": ds.kind, "summary": summary}, val_metrics=val_metrics)
+    write_run_folder(run_dir, ds, splits, model, info, title=f"{cfg.model} on {Path(str(ds.source)).name}", log=log)
+    auc = val_metrics.get("auc")
+    log(f"done in {seconds / 60:.1f} min (best epoch {info['best_epoch']}/{info['epochs_run']}): validation AUC "
+        f"{auc if auc is None else round(auc, 4)} {val_metrics.get('auc_ci')}, accuracy "
+        f"{val_metrics.get('accuracy'):.4f}")
+    return info
