@@ -48,7 +48,7 @@ def accuracy_per_second(data: Path, epochs: int, minutes_budget: float, work: Pa
                      overwrite=True, log=lambda s: None, verbose=0, extra_callbacks=[clock])
         minutes = (time.perf_counter() - t0) / 60
         n_train = info["data"]["summary"]["splits"]["train"]["n"]
-        from meddx.runs import load_run
+        from meddx.infer import load as load_run
 
         params = load_run(work / label.replace(" ", "_").replace(",", "")).model.count_params()
         rows.append({"model": label, "val_auc": info["val_metrics"].get("auc"), "epochs": info["epochs_run"],

@@ -1,4 +1,4 @@
-"""Inference: end-to-end latency of `meddx.workflows.predict_study`, batch throughput, peak memory.
+"""Inference: end-to-end latency of `meddx.infer` (read + `Classifier.predict`), batch throughput, peak memory.
 
 A RUN is trained inside the benchmark (default `cnn`, 64 px, a few epochs on synthetic lesion
 slices from `meddx.data.synthetic`, written as PNGs); accuracy is irrelevant here. Then:
@@ -6,7 +6,7 @@ slices from `meddx.data.synthetic`, written as PNGs); accuracy is irrelevant her
 - CT: the real 129-slice abdominal CT series (`dicom/ct_abdomen_ircadb`) end to end: read the
   DICOM folder, preprocess every slice, predict slice-wise, Grad-CAM heatmap resized to 512x512
   per slice, lesion extraction (`heatmap=True`);
-- batch throughput of `Run.predict_proba` on preprocessed 64 px images (batch 128);
+- batch throughput of `Classifier.predict_proba` on preprocessed 64 px images (batch 128);
 - peak RSS per stage: the kernel's VmHWM, reset before each stage via /proc/self/clear_refs
   (falls back to the process-lifetime ru_maxrss where that is unsupported).
 Latencies are p50/p95 over repeated calls after one warm-up call (which is reported separately).
@@ -64,12 +64,16 @@ def latency(fn: Any, repeats: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
     info = machine_info()
-    print_header("inference (predict_study end to end)", info)
+    print_header("inference (read + predict end to end)", info)
     from meddx.train.fit import configure_tensorflow
 
     configure_tensorflow(seed=0)
-    from meddx.runs import load_run
-    from meddx.workflows import predict_study
+    from meddx.infer import load
+    from meddx.io import read_image
+
+    def predict_study(predictor: Any, path: Path, heatmap: bool) -> dict[str, Any]:
+        """One study end to end: read, preprocess, predict (+ Grad-CAM and lesions), as `meddx report` does."""
+        return predictor.predict(read_image(path), heatmap=heatmap).to_study(str(path))
 
     ct = SHARED_DATA / "dicom" / "ct_abdomen_ircadb"
     rows: list[dict[str, Any]] = []
@@ -79,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  trained the benchmark RUN in {time.perf_counter() - t0:.0f} s", flush=True)
         reset_peak_rss()
         t = time.perf_counter()
-        run = load_run(run_dir)
+        run = load(run_dir)
         load_s = time.perf_counter() - t
-        rows.append({"stage": "load_run (model.keras + run.json)", "first_s": load_s, "p50_s": None, "p95_s": None,
+        rows.append({"stage": "load (model.keras + run.json)", "first_s": load_s, "p50_s": None, "p95_s": None,
                      "runs": 1, "peak_rss_mib": peak_rss_mib()})
         n2d = 5 if args.quick else 30
         rows.append({"stage": "2D PNG: read+preprocess+predict", **latency(
@@ -96,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: predict_study(run, ct, heatmap=False), nct)})
             # where the CT time goes (one pass, each step alone)
             from meddx.explain import explain
-            from meddx.io import read_image
 
             steps: dict[str, float] = {}
             t = time.perf_counter()
@@ -112,13 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             heat_small = explain(run.model, x, method="gradcam", class_index=1)
             steps["gradcam"] = time.perf_counter() - t
             from meddx.explain import heatmap_to_lesions
-            from meddx.workflows import _display, _resize
+            from meddx.infer.display import grey_display, resize_to
 
             t = time.perf_counter()
-            display = _display(img)
+            display = grey_display(img)
             steps["display window (percentiles)"] = time.perf_counter() - t
             t = time.perf_counter()
-            heat = np.stack([_resize(h, display.shape[1:]) for h in heat_small])
+            heat = np.stack([resize_to(h, display.shape[1:]).astype(np.float32) for h in heat_small])
             heat = heat / max(float(heat.max()), 1e-8)
             steps["heatmap resize to 512x512 x129"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(ttext)
     write_results(args, "inference", info, {"rows": rows, "batch_throughput": throughput,
-                                            "model": run.info["model"], "input_shape": run.info["input_shape"]},
+                                            "model": run.info.model, "input_shape": run.info.input_shape},
                   {"latency": text, "throughput": ttext})
     return 0
 

@@ -1,7 +1,7 @@
 """Weakly supervised localisation: pointing game of Grad-CAM, Grad-CAM++ and occlusion.
 
 Two datasets, each with exact lesion masks that the classifiers never see:
-1. the demo's synthetic lesion slices (`meddx.workflows.run_demo` with `FINE_CAM_MODEL`: the demo cnn
+1. the demo's synthetic lesion slices (`meddx.app.run_demo` with `FINE_CAM_MODEL`: the demo cnn
    without its strided stem, a 32x32 Grad-CAM grid; 40 epochs), scored on the held-out test split's
    lesion slices;
 2. LGG brain MRI (../shared/data/lgg) as lesion-present vs lesion-absent slices, 5-fold by
@@ -66,11 +66,11 @@ def synthetic(work: Path, epochs: int, n: int) -> dict[str, Any]:
     import json
 
     from meddx.data.datasets import load_manifest
-    from meddx.data.prepare import load_masks, materialise
+    from meddx.transforms.prepare import load_masks, materialise
     from meddx.data.splits import assign_splits
     from meddx.data.synthetic import CLASS_NAMES
-    from meddx.runs import load_run
-    from meddx.workflows import FINE_CAM_MODEL, run_demo
+    from meddx.app import FINE_CAM_MODEL, run_demo
+    from meddx.infer import load as load_run
 
     t0 = time.monotonic()
     summary = run_demo(work / "demo", n=n, epochs=epochs, minutes=120, log=lambda s: None,
@@ -78,7 +78,7 @@ def synthetic(work: Path, epochs: int, n: int) -> dict[str, Any]:
     train_min = (time.monotonic() - t0) / 60
     run = load_run(summary["run"])
     ds = load_manifest(work / "demo" / "data" / "manifest.csv", class_names=CLASS_NAMES)
-    cfg = run.info["config"]
+    cfg = run.info.config
     test = ds.subset(np.flatnonzero(assign_splits(ds, cfg["val_fraction"], cfg["test_fraction"], cfg["seed"]) == "test"))
     x = materialise(test, run.preprocessing)
     masks = load_masks(test, x.shape[1:3])
@@ -102,9 +102,9 @@ def lgg(work: Path, folds: int, image_size: int, epochs: int | None) -> dict[str
     """5-fold-by-patient lesion-vs-normal classifier; localisation on each fold's held-out lesion slices."""
     from sklearn.metrics import roc_auc_score
 
-    from meddx.data.prepare import load_masks, materialise
+    from meddx.transforms.prepare import load_masks, materialise
     from meddx.data.splits import _groups, _holdout, _strata, kfold_splits
-    from meddx.runs import load_run
+    from meddx.infer import load as load_run
     from meddx.train.config import TrainConfig
     from meddx.train.fit import train
 

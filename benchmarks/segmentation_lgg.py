@@ -62,7 +62,7 @@ def otsu_baseline(ds, idx):
 
     from meddx.evaluate.segmentation import segmentation_metrics
     from meddx.io import read_image
-    from meddx.train.segmentation import postprocess_mask
+    from meddx.transforms.post import postprocess_mask
 
     preds, truths = [], []
     for i in idx:
@@ -218,15 +218,12 @@ def _train_and_test(ds, cfg, args, run_dir: Path, eval_dir: Path):
 
 def _score(ds, args, run_dir: Path, eval_dir: Path) -> dict:
     """Test-split metrics of a trained RUN (flip test-time augmentation with --tta)."""
-    from meddx.runs import load_run
-    from meddx.train.segmentation import enable_tta, evaluate_segmenter, set_stack_min_fraction
+    from meddx.app.evaluate import evaluate_segmenter
+    from meddx.infer import load
 
-    run = load_run(run_dir)
-    if args.tta:
-        enable_tta(run)
-    if args.stack_min_fraction is not None:  # e.g. rescoring a run trained without it
-        set_stack_min_fraction(run, args.stack_min_fraction)
-    return evaluate_segmenter(run, ds, eval_dir, split="test", log=lambda *a, **k: None)
+    # stack_min_fraction: e.g. rescoring a run trained without it (None: the RUN's own)
+    segmenter = load(run_dir, tta=args.tta, stack_min_fraction=args.stack_min_fraction)
+    return evaluate_segmenter(segmenter, ds, eval_dir, split="test", log=lambda *a, **k: None)
 
 
 def single_split(cfg, args, out: Path) -> int:

@@ -5,10 +5,10 @@ process (this script re-invoked with --worker). Each worker, with the default `c
 - training: meddx's pipeline (make_tf_dataset + flip + class weights, compile as train()),
   images/s = median of the epochs after a warm-up epoch;
 - inference, batch: `model.predict(x, batch_size=128)` images/s (median of 3 after warm-up);
-- inference, one image: `model.predict(x[:1])` latency p50 (what predict_study does per 2D image).
+- inference, one image: `model.predict(x[:1])` latency p50 (what `Classifier.predict` does per 2D image).
 meddx's training default (configure_tensorflow with threads=None) leaves intra-op at TF's default
 (all cores) and sets inter-op to min(2, cores); on this machine that is intra 2 / inter 2 (the
-`meddx_default` column). Inference (`load_run`: evaluate, predict, report) uses inter-op 1, the
+`meddx_default` column). Inference (`meddx.infer.load`: evaluate, predict, report) uses inter-op 1, the
 faster setting for both predict columns in every run so far.
 One worker per setting (a single round, to keep the suite short: on a shared machine treat
 differences under ~15 % as noise). --quick runs only 1/1 and 2/2.

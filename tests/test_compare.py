@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from meddx.cli import main
-from meddx.compare import compare_models
+from meddx.app.compare import compare_models
 from meddx.errors import MeddxError
 
 

@@ -121,8 +121,9 @@ def test_group_bootstrap_resamples_whole_groups():
 def test_youden_and_operating_point_by_hand():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     s = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
-    # t=0.7: sens 3/4, spec 4/4 -> J=0.75; t=0.4: sens 1, spec 3/4 -> J=0.75 (tie: higher t wins)
-    assert C.youden_threshold(y, s) == pytest.approx(0.7)
+    # t=0.7: sens 3/4, spec 4/4 -> J=0.75; t=0.4: sens 1, spec 3/4 -> J=0.75 (tie: higher t wins); returned as
+    # the midpoint between the cut 0.7 and the next lower score 0.6 (see test_youden_threshold_is_a_midpoint)
+    assert C.youden_threshold(y, s) == pytest.approx(0.65)
     m = C.classification_metrics(y, s, ["benign", "malignant"], threshold=0.4, n_boot=50)
     assert m["sensitivity"] == 1.0 and m["specificity"] == 0.75
     assert m["confusion_matrix"] == [[3, 1], [0, 4]]
@@ -137,6 +138,23 @@ def test_youden_and_operating_point_by_hand():
     # the same scores as (N, 2) probabilities give the same figures
     m2 = C.classification_metrics(y, np.stack([1 - s, s], 1), ["benign", "malignant"], threshold=0.4, n_boot=50)
     assert m2["auc"] == m["auc"] and m2["confusion_matrix"] == m["confusion_matrix"]
+
+
+def test_youden_threshold_is_a_midpoint():
+    """The threshold lies halfway between the J-maximising case's score and the next lower distinct score, so a
+    validation case's score moving by a rounding error does not flip its class; decisions equal the cut's."""
+    y = np.array([0, 0, 0, 1, 0, 1, 1])
+    s = np.array([0.10, 0.20, 0.20, 0.55, 0.30, 0.80, 0.55])
+    t = C.youden_threshold(y, s)
+    assert t == pytest.approx((0.55 + 0.30) / 2)  # cut at 0.55 (J = 1); next lower distinct score 0.30
+    np.testing.assert_array_equal(s >= t, s >= 0.55)
+    assert (s - 1e-7 >= t).tolist() == (s >= t).tolist()  # a case scored a hair lower keeps its class
+    # the cut is the lowest score (calling every case positive is best): nothing lower, the cut itself
+    assert C.youden_threshold(np.array([1, 0]), np.array([0.2, 0.9])) == 0.2
+    # adjacent floats: no midpoint between them, the cut itself (never the lower case's score)
+    lo = 0.5
+    hi = float(np.nextafter(lo, 1.0))
+    assert C.youden_threshold(np.array([0, 1]), np.array([lo, hi])) == hi
 
 
 def test_classification_metrics_schema_and_json():

@@ -15,7 +15,7 @@ def test_demo_gradcam_pointing_game_reaches_0_9(tmp_path) -> None:
     """The demo's own recipe (FINE_CAM_MODEL: 32x32 Grad-CAM grid) on its synthetic data, 40 epochs: the issue's >= 0.9,
     exact. Measured 0.943 on 88 lesion slices (AUC 0.989, AMD EPYC); 30 epochs on an Intel Xeon 0.932 (AUC 0.986).
     The strided-stem DEMO_MODEL it replaced scored 0.739 / 0.477 on those two machines."""
-    from meddx.workflows import FINE_CAM_MODEL, run_demo
+    from meddx.app import FINE_CAM_MODEL, run_demo
 
     summary = run_demo(tmp_path / "demo", epochs=40, minutes=120, log=lambda s: None)  # the demo's default model
     run = json.loads((tmp_path / "demo" / "run" / "run.json").read_text(encoding="utf-8"))

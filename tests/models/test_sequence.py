@@ -65,6 +65,20 @@ def test_padding_frames_change_nothing(name: str, pooling: str, frames: np.ndarr
     np.testing.assert_allclose(again.predict(x_long, verbose=0), b, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", HEADS)
+def test_build_and_load_keep_no_mask_warning(name: str, tmp_path: Path) -> None:
+    """The RNN outputs carry a Keras mask into 'temporal_features'; the layer consumes it (it applies the frame mask
+    itself), so building and loading warn nothing about destroyed mask information."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = build_model(name, (None, 16, 16, 1), 2, **SMALL)
+        model.save(tmp_path / "m.keras")
+        load_model(tmp_path / "m.keras")
+    assert not [str(w.message) for w in caught if "mask" in str(w.message)]
+
+
 def test_frame_pooling_max_keeps_a_small_spot_that_avg_dilutes() -> None:
     """A 2x2 spot on a 16x16 feature map: max pooling reports its full height, the mean 4/256 of it."""
     from meddx.models.sequence import SpatialMax, SpatialMean

@@ -1,4 +1,5 @@
-"""What every command shares: the `meddx` logger, expanding INPUT arguments, safe output names, CSV writing."""
+"""What every command shares: the `meddx` logger, expanding and reading INPUT arguments as the RUN reads them,
+choosing the trainer for DATA and the evaluator for a RUN, safe output names, CSV writing."""
 
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ def logger_or(log: Log | None) -> Log:
     return log if log is not None else LOGGER.info
 
 
-def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
-    """Expand INPUT arguments: files, DICOM series folders, or folders of images."""
+def expand_inputs(paths: Sequence[str | Path], sequences: bool = False) -> list[Path]:
+    """Expand INPUT arguments: files, DICOM series folders, or folders of images.
+
+    `sequences` (a sequence RUN): a folder of slice images is ONE study (its numbered slices are the frames,
+    read by `read_input`), and a single still image (PNG/JPEG/BMP) is refused here, before anything is
+    predicted or written. Otherwise a non-DICOM folder holds separate images (or videos), one study each."""
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)
@@ -33,13 +38,84 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
                 raise InputError("empty folder", p)
             from meddx.io.dicom import looks_like_dicom
 
-            if any(looks_like_dicom(f) for f in files[:5]):
-                out.append(p)  # a DICOM series
+            if any(looks_like_dicom(f) for f in files[:5]) or (sequences and _study_kind(p) == "sequence"):
+                out.append(p)  # a DICOM series, or a sequence RUN's folder of slice images
             else:
                 out.extend(f for f in files if not f.name.endswith(("_mask.png", "_mask.tif")))
+        elif sequences and _study_kind(p) == "image":
+            raise InputError(NOT_A_SEQUENCE, p)
         else:
             out.append(p)
     return out
+
+
+def _study_kind(path: Path) -> str | None:
+    from meddx.train.sequence import study_kind
+
+    return study_kind(path)
+
+
+NOT_A_SEQUENCE = ("is a single image; this RUN's sequence model needs a video, cine, DICOM series or a folder of "
+                  "numbered slice images")
+
+
+def read_input(path: str | Path, sequences: bool = False) -> Any:
+    """One INPUT as an `Image`, as the RUN reads it: for a sequence RUN (`sequences`) through
+    `meddx.transforms.frames.read_study` (a folder of numbered slice images is one study of frames; an input
+    that is not a frame sequence is an InputError naming it); otherwise `meddx.io.read_image`."""
+    if not sequences:
+        from meddx.io import read_image
+
+        return read_image(path)
+    from meddx.errors import naming
+    from meddx.transforms.frames import check_frames, read_study
+
+    with naming(path):
+        image = read_study(path)
+        check_frames(image)
+    return image
+
+
+def reads_sequences(predictor: Any) -> bool:
+    """True when `predictor` classifies frame sequences (its inputs are read by `read_input(..., sequences=True)`)."""
+    return getattr(predictor, "kind", None) == "sequence_classifier"
+
+
+def choose_trainer(data: Any, cfg: Any, model: str | None = None,
+                   log: Log | None = None) -> tuple[Callable[..., Any], Any]:
+    """(training function, config to train with) for DATA: the one decision `meddx train` and `meddx.train()` share.
+
+    Segmentation tasks train a segmenter; a sequence model (`model`, or with none named, a non-default
+    `cfg.model`, e.g. from a config file) or sequence data with no model named train a sequence classifier
+    (`cfg.model` set to the chosen one); everything else an image classifier. DATA mixing sequences and single
+    images is a DataError before anything is written. Each function is called as `fit(data, out, cfg, ...)`."""
+    from meddx.train.config import TrainConfig
+
+    if cfg.task == "segmentation":
+        from meddx.train.segmentation import train_segmenter
+
+        return train_segmenter, cfg
+    from meddx.train.sequence import choose_sequence_model, train_sequence_classifier
+
+    requested = model or (cfg.model if cfg.model != TrainConfig.model else None)
+    sequence_model = choose_sequence_model(data, requested, log)
+    if sequence_model is not None:
+        return train_sequence_classifier, cfg.updated({"model": sequence_model})
+    from meddx.train.fit import train
+
+    return train, cfg
+
+
+def evaluator_for(predictor: Any) -> Callable[..., dict[str, Any]]:
+    """The `meddx.app.evaluate` function for a predictor's kind, called as `run(predictor, data, out, split=...)`."""
+    from meddx.app import evaluate as ev
+    from meddx.errors import ConfigError
+
+    runs = {"classifier": ev.evaluate_classifier, "segmenter": ev.evaluate_segmenter,
+            "sequence_classifier": ev.evaluate_sequences}
+    if predictor.kind not in runs:
+        raise ConfigError(f"evaluating a {predictor.kind} RUN is not supported yet", getattr(predictor, "path", None))
+    return runs[predictor.kind]
 
 
 def safe_stem(p: Path) -> str:

@@ -322,7 +322,14 @@ def pr_points(y_true: Any, scores: Any) -> dict[str, Any]:
 def youden_threshold(y_true: Any, scores: Any) -> float:
     """Operating point maximising Youden's J = sensitivity + specificity - 1 (positive when
     ``score >= threshold``). Choose it on validation data, store it, re-use it on test.
-    Returns 0.5 when only one class is present (J is undefined)."""
+    Returns 0.5 when only one class is present (J is undefined).
+
+    The J-maximising cut is the score of one validation case; returning it as such would put that case exactly
+    on the threshold, so the same case scored a hair lower (another batch size, thread count or runtime changes
+    the last float bits) would flip to negative. The threshold returned is therefore the midpoint between that
+    cut score and the next lower distinct validation score: every validation case is classified exactly as at
+    the cut, with the widest margin on both sides. When the cut is the lowest score (everything positive) there
+    is no lower score and the cut itself is returned."""
     from sklearn.metrics import roc_curve
 
     y = _binary_labels(y_true)
@@ -332,7 +339,12 @@ def youden_threshold(y_true: Any, scores: Any) -> float:
     fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
     ok = np.isfinite(thr)
     j = (tpr - fpr)[ok]
-    return float(thr[ok][int(np.argmax(j))])  # first max = highest threshold among ties
+    cut = float(thr[ok][int(np.argmax(j))])  # first max = highest threshold among ties
+    lower = s[s < cut]
+    if lower.size == 0:
+        return cut
+    mid = (cut + float(lower.max())) / 2.0
+    return float(mid) if mid > lower.max() else cut  # adjacent floats: the midpoint rounds onto one of them
 
 
 def threshold_for_sensitivity(y_true: Any, scores: Any, target: float = 0.9) -> float:

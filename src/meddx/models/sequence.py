@@ -74,11 +74,20 @@ class FrameMask(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="meddx")
 class ApplyFrameMask(layers.Layer):
-    """[features (N, T, F), mask (N, T)] -> features with padded frames set to 0."""
+    """[features (N, T, F), mask (N, T)] -> features with padded frames set to 0.
+
+    The layer consumes a Keras mask: the RNN heads' outputs carry the boolean frame mask they were given, and
+    this layer applies the same frame mask explicitly (zeros), so it declares masking support and returns no
+    output mask (`compute_mask` -> None). Downstream layers take the frame mask as an explicit input, as before;
+    without this Keras warns that the layer "will destroy the mask information" on every build and load.
+    """
 
     def call(self, inputs: Any) -> Any:
         h, m = inputs
         return h * ops.cast(m, h.dtype)[..., None]
+
+    def compute_mask(self, inputs: Any, previous_mask: Any = None) -> None:
+        return None
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return tuple(input_shape[0])

@@ -238,11 +238,44 @@ def _slice_chart(scores: Sequence[float], threshold: float | None, key: Sequence
     return _save_png(fig, path)
 
 
+def _importance_chart(weights: Sequence[float], key: Sequence[int], path: Path) -> Path:
+    """'Frame importance': the sequence model's weight of every input frame as stems (0 for frames it did not
+    sample), key frames marked; no threshold line (weights are shares of the decision, not probabilities)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = np.asarray(weights, dtype=float)
+    fig, ax = plt.subplots(figsize=(7, 2.6), dpi=100)
+    frames = np.arange(w.size)
+    ax.vlines(frames, 0, w, color="#345", lw=1.2 if w.size <= 120 else 0.6)
+    if w.size <= 60:
+        ax.plot(frames, w, ".", color="#345")
+    for i, z in enumerate(key):
+        if 0 <= z < w.size:
+            ax.plot([z], [w[z]], "o", color="#ff8c00", ms=6, label="key frame" if i == 0 else None)
+    top = float(w.max()) if w.size and np.isfinite(w).all() and w.max() > 0 else 1.0
+    ax.set_ylim(0, top * 1.15)
+    ax.set_xlim(-0.5, max(w.size - 0.5, 0.5))
+    ax.set_title("Frame importance", fontsize=10)
+    ax.set_xlabel("frame index")
+    ax.set_ylabel("importance (weight)")
+    ax.grid(alpha=0.3)
+    if key:
+        ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return _save_png(fig, path)
+
+
 def _key_slices(study: dict[str, Any], n: int) -> list[int]:
     depth = int(np.shape(study["display"])[0])
     key = [int(z) for z in (study.get("key_slices") or []) if 0 <= int(z) < depth]
-    if not key and study.get("slice_scores") is not None:
-        key = [int(z) for z in np.argsort(-np.asarray(study["slice_scores"], dtype=float), kind="stable")[:n]]
+    ranking = study.get("frame_importance")
+    if ranking is None:
+        ranking = study.get("slice_scores")
+    if not key and ranking is not None:
+        key = [int(z) for z in np.argsort(-np.asarray(ranking, dtype=float), kind="stable")[:n]]
     if not key and study.get("heatmap") is not None:
         h = np.asarray(study["heatmap"], dtype=float).reshape(depth, -1).max(axis=1)
         key = [int(z) for z in np.argsort(-h, kind="stable")[:n]]
@@ -265,7 +298,9 @@ def _images(study: dict[str, Any], out: Path, doc: Doc, n_key: int) -> list[Path
     written: list[Path] = []
     seg = study.get("kind") == "segmentation"
     labels = {"value_label": "lesion probability", "lesion_label": "segmented lesion"} if seg else {}
-    two_d = disp.ndim == 2 or (disp.ndim == 3 and disp.shape[-1] in (1, 3, 4) and (heat is None or np.ndim(heat) == 2))
+    importance = study.get("frame_importance")
+    two_d = importance is None and (disp.ndim == 2 or (disp.ndim == 3 and disp.shape[-1] in (1, 3, 4)
+                                                       and (heat is None or np.ndim(heat) == 2)))
     if two_d:
         path = out / "key_image.png"
         if heat is not None:
@@ -286,6 +321,13 @@ def _images(study: dict[str, Any], out: Path, doc: Doc, n_key: int) -> list[Path
     aspect = float(sp[1]) / float(sp[2]) if sp and len(sp) == 3 else 1.0
     for z in key:
         path = out / f"key_{unit}_{z:03d}.png"
+        if importance is not None:  # a sequence model: the frame as the model saw it, with its weight; no heatmap
+            w = float(importance[z]) if z < len(importance) else 0.0
+            label = f"frame {z} (importance {w:.3f})"
+            _save_plain(disp[z], path, label, aspect)
+            doc.img(path.name, f"Key {label}: the input frame (a sequence model weighs whole frames; no heatmap).")
+            written.append(path)
+            continue
         score = ""
         if study.get("slice_scores") is not None and z < len(study["slice_scores"]):
             score = f" (P={float(study['slice_scores'][z]):.2f})"
@@ -307,6 +349,20 @@ def _images(study: dict[str, Any], out: Path, doc: Doc, n_key: int) -> list[Path
         doc.img(path.name, f"Axial, coronal and sagittal planes through the strongest {what} (crosshair).")
         written.append(path)
     return written
+
+
+def _lesion_section(doc: Doc, lesions: list[dict[str, Any]], seg: bool, is_seq: bool) -> None:
+    """'Segmented lesions' / 'Candidate lesions': one table row per lesion, or a sentence saying there is none."""
+    doc.h("Segmented lesions" if seg else "Candidate lesions")
+    if lesions:
+        header, rows = _lesion_rows(lesions, is_seq, score_name="Peak probability" if seg else "Peak relevance")
+        doc.table(header, rows)
+        doc.p("One row per connected component of the predicted mask; sizes are bounding-box extents along the "
+              "array axes, areas and volumes are voxel counts times the voxel size." if seg else
+              "Regions where the model's relevance heatmap is high; sizes are bounding-box extents along the "
+              "array axes. They show where the model looked, not confirmed lesion boundaries.", "small")
+    else:
+        doc.p("No lesion was segmented." if seg else "No candidate lesion regions were found in the heatmap.")
 
 
 def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir: str | Path,
@@ -369,7 +425,18 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
     images = _images(study, out, doc, n_key_images)
 
     scores = study.get("slice_scores")
-    if scores is not None and len(scores) > 1:
+    importance = study.get("frame_importance")
+    if importance is not None:
+        doc.h("Frame importance")
+        key = _key_slices(study, n_key_images)
+        chart = _importance_chart(importance, key, out / "frame_importance.png")
+        images.append(chart)
+        top = ", ".join(f"{z} ({float(importance[z]):.3f})" for z in key if z < len(importance))
+        doc.p(f"The sequence model's weight of each input frame in its decision (the weights of the frames it read "
+              f"sum to 1; frames it did not sample have 0); key frames: {top}. A sequence model weighs whole "
+              f"frames: no heatmap or candidate lesion regions are computed.")
+        doc.img(chart.name, "Frame importance: weight per input frame (orange dots: key frames).")
+    elif scores is not None and len(scores) > 1:
         doc.h(f"Peak lesion probability per {unit}" if seg else f"{unit.capitalize()}s that drove the decision")
         key = _key_slices(study, n_key_images)
         chart = _slice_chart(scores, threshold, key, out / f"{unit}_probabilities.png", unit, positive)
@@ -378,17 +445,8 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
         doc.p(f"Per-{unit} probability of '{positive or study['predicted']}'; key {unit}s: {top}.")
         doc.img(chart.name, f"Per-{unit} probability (dashed line: operating threshold).")
 
-    doc.h("Segmented lesions" if seg else "Candidate lesions")
-    lesions = list(study.get("lesions") or [])
-    if lesions:
-        header, rows = _lesion_rows(lesions, is_seq, score_name="Peak probability" if seg else "Peak relevance")
-        doc.table(header, rows)
-        doc.p("One row per connected component of the predicted mask; sizes are bounding-box extents along the "
-              "array axes, areas and volumes are voxel counts times the voxel size." if seg else
-              "Regions where the model's relevance heatmap is high; sizes are bounding-box extents along the "
-              "array axes. They show where the model looked, not confirmed lesion boundaries.", "small")
-    else:
-        doc.p("No lesion was segmented." if seg else "No candidate lesion regions were found in the heatmap.")
+    if importance is None:  # a sequence model gives frame importance (above), not lesion regions
+        _lesion_section(doc, list(study.get("lesions") or []), seg, is_seq)
 
     doc.h("Model card")
     data = run_info.get("data") or {}
