@@ -1,7 +1,7 @@
 """The inference layer: a trained RUN held in memory, predicting on `meddx.io.Image` values.
 
-`load(run_dir)` returns the RUN's predictor (`Classifier`, `Segmenter` or `SequenceClassifier`); each has
-`.predict(image) -> Prediction` (probabilities by class name, decision, heatmap / mask / lesions in the input's
+`load(run_dir)` returns the RUN's predictor (`Classifier`, `Segmenter`, `SequenceClassifier` or `SliceLabeller`);
+each has `.predict(image) -> Prediction` (probabilities by class name, decision, heatmap / mask / lesions in the input's
 geometry) and `.predict_batch(images)`. The CLI, reports, the service and batch jobs all predict through here.
 """
 
@@ -15,12 +15,16 @@ from meddx.infer.classifier import Classifier
 from meddx.infer.prediction import Prediction
 from meddx.infer.segmenter import Segmenter
 from meddx.infer.sequence import SequenceClassifier
-from meddx.io.run_info import RunInfo
+from meddx.infer.slice_labeller import SliceLabeller
+from meddx.io.run_info import RUN_FILE, RunInfo
 
 PREDICTORS: dict[str, type[Predictor]] = {
-    "classifier": Classifier, "segmenter": Segmenter, "sequence_classifier": SequenceClassifier}
+    "classifier": Classifier, "segmenter": Segmenter, "sequence_classifier": SequenceClassifier,
+    "slice_labeller": SliceLabeller}
+OWN_LOADERS = ("slice_labeller",)  # kinds without a Keras model.keras: their class reads the RUN itself
 
-__all__ = ["Classifier", "Prediction", "Predictor", "RunInfo", "Segmenter", "SequenceClassifier", "load"]
+__all__ = ["Classifier", "Prediction", "Predictor", "RunInfo", "Segmenter", "SequenceClassifier", "SliceLabeller",
+           "load"]
 
 
 def load(run_dir: str | Path, tta: bool = False, stack_min_fraction: float | None = None,
@@ -30,6 +34,11 @@ def load(run_dir: str | Path, tta: bool = False, stack_min_fraction: float | Non
     constructor (e.g. `heatmaps=False` for a classifier)."""
     from meddx.errors import ConfigError
 
+    kind = RunInfo.read(run_dir).kind if (Path(run_dir) / RUN_FILE).is_file() else None
+    if kind in OWN_LOADERS:
+        if tta or stack_min_fraction is not None:
+            raise ConfigError("--tta and --stack-min-fraction apply to segmentation runs only", run_dir)
+        return PREDICTORS[kind].load(run_dir, **options)
     info, model, prep, path = read_run(run_dir)
     cls = PREDICTORS[info.kind]
     if cls is Segmenter:

@@ -1,6 +1,7 @@
 """`run.json`, typed: what a trained RUN folder is (kind, outputs, preprocessing, training record).
 
-Schema-versioned: version 2 (this module) says `kind` (classifier / segmenter / sequence_classifier) apart from
+Schema-versioned: version 2 (this module) says `kind` (classifier / segmenter / sequence_classifier /
+slice_labeller) apart from
 `task` (the output: binary / multiclass / multilabel; a segmenter is a per-pixel binary task) and keeps the
 segmenter's inference settings in their own table. Version-1 files (no `schema_version`; a segmenter wrote
 `"task": "segmentation"` and its settings at the top level) load unchanged in meaning. It lives in `io` because
@@ -18,7 +19,7 @@ from meddx.utils import atomic_write_json, read_json
 
 SCHEMA_VERSION = 2
 RUN_FILE = "run.json"
-KINDS = ("classifier", "segmenter", "sequence_classifier")
+KINDS = ("classifier", "segmenter", "sequence_classifier", "slice_labeller")
 TASKS = ("binary", "multiclass", "multilabel")
 
 
@@ -41,6 +42,19 @@ class SequenceSettings:
     frames: int = 16
     sampling: str = "uniform"  # uniform | all
     frame_size: int | None = None
+
+
+@dataclass
+class SliceLabellingSettings:
+    """How a slice labeller reads a stack and smooths its per-slice lesion probabilities along it."""
+
+    smoother: str = "hmm"  # hmm | crf
+    frame_size: int = 64  # slices resized to frame_size x frame_size
+    channels: int = 3  # grey stacks repeated to this many channels
+    brain_channel: int = 1  # the channel whose foreground is the brain (FLAIR of LGG's pre/FLAIR/post)
+    raw_threshold: float = 0.5  # a slice is positive before smoothing when its probability reaches this
+    scorer_file: str = "slice_scorer.npz"  # per-pixel booster, numeric arrays (np.load allow_pickle=False)
+    model_file: str = "slice_labeller.json"  # per-slice classifier and smoother parameters
 
 
 @dataclass
@@ -67,6 +81,7 @@ class RunInfo:
     created: str = ""
     segmentation: SegmentationSettings | None = None
     sequence: SequenceSettings | None = None
+    slice_labelling: SliceLabellingSettings | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they were
     schema_version: int = SCHEMA_VERSION
 
@@ -77,6 +92,8 @@ class RunInfo:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.kind == "segmenter" and self.segmentation is None:
             self.segmentation = SegmentationSettings()
+        if self.kind == "slice_labeller" and self.slice_labelling is None:
+            self.slice_labelling = SliceLabellingSettings()
 
     @property
     def is_segmenter(self) -> bool:
@@ -92,6 +109,10 @@ class RunInfo:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         out["segmentation"] = asdict(self.segmentation) if self.segmentation else None
         out["sequence"] = asdict(self.sequence) if self.sequence else None
+        if self.slice_labelling is not None:  # absent otherwise: files of the other kinds stay as they were
+            out["slice_labelling"] = asdict(self.slice_labelling)
+        else:
+            out.pop("slice_labelling", None)
         return {**self.extra, **out}
 
     def write(self, run_dir: str | Path) -> Path:
@@ -117,12 +138,14 @@ class RunInfo:
                    "keep_largest": pp.get("keep_largest"),
                    "stack_min_fraction": float(pp.get("stack_min_fraction") or 0.0)}
         seq = d.pop("sequence", None)
-        known = {f.name for f in fields(cls)} - {"kind", "task", "segmentation", "sequence", "extra",
-                                                 "schema_version"}
+        sl = d.pop("slice_labelling", None)
+        known = {f.name for f in fields(cls)} - {"kind", "task", "segmentation", "sequence", "slice_labelling",
+                                                 "extra", "schema_version"}
         values = {k: d.pop(k) for k in list(d) if k in known and d[k] is not None}
         return cls(kind=kind, task=task, **values,
                    segmentation=SegmentationSettings(**seg) if seg else None,
-                   sequence=SequenceSettings(**seq) if seq else None, extra=d)
+                   sequence=SequenceSettings(**seq) if seq else None,
+                   slice_labelling=SliceLabellingSettings(**sl) if sl else None, extra=d)
 
     @classmethod
     def read(cls, run_dir: str | Path) -> "RunInfo":
