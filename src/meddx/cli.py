@@ -40,7 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--model", help="registry name: cnn (default), resnet18, resnet50, densenet121, app_*, unet ...; "
                                    "sequence models lstm, gru, tcn, transformer, cnn25d for videos / cine / slice "
                                    "stacks (lstm is chosen when --model is left out and the data are sequences)")
-    t.add_argument("--task", choices=["classification", "segmentation"])
+    t.add_argument("--task", choices=["classification", "segmentation", "slice-labelling"],
+                   help="slice-labelling: which slices of each stack hold the lesion (DATA: one folder of numbered "
+                        "slices + *_mask files per patient, e.g. the LGG layout)")
+    t.add_argument("--smoother", choices=["hmm", "crf"],
+                   help="slice labelling: smooth the per-slice probabilities along the stack with a 2-state HMM "
+                        "(default) or a linear-chain CRF")
     t.add_argument("--epochs", type=int, help="default: chosen from the data size")
     t.add_argument("--image-size", type=int, help="default: the data's size, capped by the model's default")
     t.add_argument("--batch-size", type=int)
@@ -161,25 +166,13 @@ def _run(args: argparse.Namespace) -> int:
                                                          "augment", "intensity", "max_minutes", "seed",
                                                          "select_channels", "channel_dropout", "lesion_fade",
                                                          "seg_loss", "patch_size", "stack_min_fraction",
-                                                         "frames", "frame_sampling")},
+                                                         "frames", "frame_sampling", "smoother")},
                           source="command line")
         cfg = cfg.updated({"image_size": args.image_size})
-        if cfg.task == "segmentation":
-            from meddx.train.segmentation import train_segmenter
+        from meddx.app.common import choose_trainer
 
-            train_segmenter(args.data, args.out, cfg, overwrite=args.overwrite)
-            return 0
-        from meddx.train.sequence import choose_sequence_model, train_sequence_classifier
-
-        requested = args.model or (cfg.model if args.config and cfg.model != TrainConfig.model else None)
-        sequence_model = choose_sequence_model(args.data, requested)
-        if sequence_model is not None:
-            train_sequence_classifier(args.data, args.out, cfg.updated({"model": sequence_model}),
-                                      overwrite=args.overwrite)
-        else:
-            from meddx.train.fit import train
-
-            train(args.data, args.out, cfg, overwrite=args.overwrite)
+        fit, cfg = choose_trainer(args.data, cfg, args.model)
+        fit(args.data, args.out, cfg, overwrite=args.overwrite)
         return 0
     if cmd == "evaluate":
         from meddx.app import evaluate_run

@@ -91,6 +91,8 @@ def choose_trainer(data: Any, cfg: Any, model: str | None = None,
     images is a DataError before anything is written. Each function is called as `fit(data, out, cfg, ...)`."""
     from meddx.train.config import TrainConfig
 
+    if cfg.task == "slice-labelling":
+        return _train_slice_labeller, cfg
     if cfg.task == "segmentation":
         from meddx.train.segmentation import train_segmenter
 
@@ -106,13 +108,21 @@ def choose_trainer(data: Any, cfg: Any, model: str | None = None,
     return train, cfg
 
 
+def _train_slice_labeller(data: Any, out: str | Path, cfg: Any, overwrite: bool = False, **_: Any) -> dict[str, Any]:
+    """`classic.slice_training.train_slice_labeller` called as the other trainers are (`fit(data, out, cfg)`)."""
+    from meddx.classic.slice_training import train_slice_labeller
+
+    return train_slice_labeller(data, out, smoother=cfg.smoother, seed=cfg.seed, test_fraction=cfg.test_fraction,
+                                image_size=cfg.image_size, overwrite=overwrite, config=cfg.to_dict())
+
+
 def evaluator_for(predictor: Any) -> Callable[..., dict[str, Any]]:
     """The `meddx.app.evaluate` function for a predictor's kind, called as `run(predictor, data, out, split=...)`."""
     from meddx.app import evaluate as ev
     from meddx.errors import ConfigError
 
     runs = {"classifier": ev.evaluate_classifier, "segmenter": ev.evaluate_segmenter,
-            "sequence_classifier": ev.evaluate_sequences}
+            "sequence_classifier": ev.evaluate_sequences, "slice_labeller": ev.evaluate_slice_labeller}
     if predictor.kind not in runs:
         raise ConfigError(f"evaluating a {predictor.kind} RUN is not supported yet", getattr(predictor, "path", None))
     return runs[predictor.kind]

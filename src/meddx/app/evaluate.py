@@ -1,4 +1,5 @@
-"""`meddx evaluate`: metrics, curves and calibration of a RUN on one split of DATA (classifiers and segmenters)."""
+"""`meddx evaluate`: metrics, curves and calibration of a RUN on one split of DATA (classifiers, segmenters,
+sequence classifiers and slice labellers)."""
 
 from __future__ import annotations
 
@@ -65,16 +66,14 @@ def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path, split: 
     stack post-processing)."""
     from meddx.infer import load
 
+    from meddx.app.common import evaluator_for
+
     log = logger_or(log)
     predictor = load(run_dir, tta=tta, stack_min_fraction=stack_min_fraction)
-    if predictor.kind == "segmenter":
-        return evaluate_segmenter(predictor, data, out, split=split, log=log)
-    if predictor.kind == "sequence_classifier":
-        return evaluate_sequences(predictor, data, out, split=split, log=log)
-    if predictor.kind != "classifier":
-        from meddx.errors import ConfigError
-        raise ConfigError(f"evaluating a {predictor.kind} RUN is not supported yet", run_dir)
-    return evaluate_classifier(predictor, data, out, split=split, report=report, log=log)
+    run = evaluator_for(predictor)
+    if predictor.kind == "classifier":
+        return evaluate_classifier(predictor, data, out, split=split, report=report, log=log)
+    return run(predictor, data, out, split=split, log=log)
 
 
 def evaluate_classifier(predictor: Any, data: str | Path, out: str | Path, split: str = "test",
@@ -241,3 +240,94 @@ def _per_patient_dice(preds: list[np.ndarray], truths: list[np.ndarray], patient
         k = np.flatnonzero(patients == p)
         out[str(p)] = dice_np(np.stack([preds[i] for i in k]), np.stack([truths[i] for i in k]))
     return out
+
+
+def evaluate_slice_labeller(predictor: Any, data: str | Path, out: str | Path, split: str = "test",
+                            log: Log | None = None) -> dict[str, Any]:
+    """metrics.json (per-slice precision / recall / F1, raw vs smoothed, per patient and pooled over the split's
+    slices) + slice_f1.png for a slice-labelling RUN on DATA's labelled stacks. Patients are split as training
+    recorded them; patients the RUN never saw count as "test"."""
+    from meddx.classic.slice_labelling import slice_prf
+    from meddx.classic.slice_training import load_labelled_stacks
+
+    log = logger_or(log)
+    if split not in ("train", "test", "all"):
+        raise DataError(f"slice-labelling RUNs have 'train' and 'test' splits (or 'all'), not '{split}'", data)
+    s = predictor.settings
+    stacks = load_labelled_stacks(data, s.frame_size, s.channels)
+    known = predictor.info.data.get("splits") or {}
+    pick = [i for i, p in enumerate(stacks["patient_ids"]) if split == "all" or known.get(p, "test") == split]
+    if not pick:
+        avail = ", ".join(sorted({known.get(p, "test") for p in stacks["patient_ids"]}))
+        raise DataError(f"no '{split}' patients in this data (available: {avail})", data)
+    if split == "train":
+        log("warning: the 'train' split was used for training; its metrics are optimistic")
+    t0 = time.monotonic()
+    labels, raw_y, smooth_y, raw_p, per_patient = [], [], [], [], []
+    for i in pick:
+        res = predictor.label_frames(stacks["frames"][i])
+        y = stacks["labels"][i]
+        labels.append(y)
+        raw_y.append(res["raw_label"])
+        smooth_y.append(res["label"])
+        raw_p.append(res["raw_probability"])
+        nums = stacks["numbers"][i]
+        pos, pred = np.flatnonzero(y), np.flatnonzero(res["label"])
+        per_patient.append({
+            "patient_id": stacks["patient_ids"][i], "split": known.get(stacks["patient_ids"][i], "test"),
+            "n_slices": int(len(y)), "positive_slices": int(y.sum()),
+            "raw": slice_prf([y], [res["raw_label"]]), "smoothed": slice_prf([y], [res["label"]]),
+            "true_extent": [int(nums[pos[0]]), int(nums[pos[-1]])] if pos.size else None,
+            "predicted_extent": [int(nums[pred[0]]), int(nums[pred[-1]])] if pred.size else None})
+    raw, smoothed = slice_prf(labels, raw_y), slice_prf(labels, smooth_y)
+    metrics: dict[str, Any] = {
+        "task": "slice-labelling", "smoother": s.smoother, "split": split, "run": str(predictor.path),
+        "data": str(data), "n": raw["n"], "n_patients": len(pick), "positive_slices": raw["positive"],
+        "raw": raw, "smoothed": smoothed, "f1_raw": raw["f1"], "f1_smoothed": smoothed["f1"],
+        "f1_gain": smoothed["f1"] - raw["f1"],
+        "f1_raw_mean_per_patient": float(np.mean([p["raw"]["f1"] for p in per_patient])),
+        "f1_smoothed_mean_per_patient": float(np.mean([p["smoothed"]["f1"] for p in per_patient])),
+        "per_patient": per_patient, "seconds": round(time.monotonic() - t0, 1)}
+    y_all, p_all = np.concatenate(labels), np.concatenate(raw_p)
+    if 0 < y_all.sum() < y_all.size:
+        from sklearn.metrics import roc_auc_score
+
+        metrics["auc_raw"] = float(roc_auc_score(y_all, p_all))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics["plots"] = {"slice_f1": str(_slice_f1_plot(metrics, out / "slice_f1.png"))}
+    atomic_write_json(out / "metrics.json", metrics)
+    log(f"{split}: {len(pick)} patients, {raw['n']} slices ({raw['positive']} with lesion): per-slice F1 raw "
+        f"{_fmt(raw['f1'])} -> {s.smoother.upper()}-smoothed {_fmt(smoothed['f1'])} (precision "
+        f"{_fmt(raw['precision'])} -> {_fmt(smoothed['precision'])}, recall {_fmt(raw['recall'])} -> {_fmt(smoothed['recall'])}) "
+        f"-> {out / 'metrics.json'}")
+    return metrics
+
+
+def _slice_f1_plot(metrics: dict[str, Any], path: Path) -> Path:
+    """Per-patient and pooled per-slice F1, raw vs smoothed, as grouped bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from meddx.utils import atomic_path
+
+    pats = metrics["per_patient"]
+    names = [p["patient_id"][-12:] for p in pats] + ["pooled"]
+    raw = [p["raw"]["f1"] for p in pats] + [metrics["f1_raw"]]
+    smooth = [p["smoothed"]["f1"] for p in pats] + [metrics["f1_smoothed"]]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 2), 3.2))
+    ax.bar(x - 0.2, raw, 0.4, label="raw", color="#999999")
+    ax.bar(x + 0.2, smooth, 0.4, label=f"{metrics['smoother'].upper()}-smoothed", color="#1f77b4")
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("per-slice F1")
+    ax.set_title(f"Slice labelling, {metrics['split']} split ({metrics['n']} slices)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path

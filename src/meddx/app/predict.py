@@ -8,7 +8,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from meddx.app.common import Log, expand_inputs, logger_or, safe_stem, write_csv
+from meddx.app.common import Log, expand_inputs, logger_or, read_input, reads_sequences, safe_stem, write_csv
 from meddx.errors import MeddxError, naming
 from meddx.utils import atomic_path
 
@@ -23,21 +23,24 @@ def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
 
     log = logger_or(log)
     predictor = load(run_dir, tta=tta)
-    files = expand_inputs(inputs)
+    if predictor.kind == "slice_labeller":  # each INPUT is one stack (a folder of slices is not expanded)
+        from meddx.app.slice_labelling import predict_stacks
+
+        return predict_stacks(predictor, inputs, out, log=log)
+    files = expand_inputs(inputs, sequences=reads_sequences(predictor))
     if predictor.kind == "segmenter":
         return predict_segmentations(predictor, files, out, log=log)
     return predict_classifications(predictor, files, out, heatmaps=heatmaps, method=method, log=log)
 
 
-def _read_in_batches(files: Sequence[Path], size: int) -> Iterator[list[tuple[Path, Any]]]:
-    """(file, Image) pairs, `size` at a time; a reading error names its file."""
-    from meddx.io import read_image
-
+def _read_in_batches(files: Sequence[Path], size: int, sequences: bool = False) -> Iterator[list[tuple[Path, Any]]]:
+    """(file, Image) pairs, `size` at a time, read by `read_input` (`sequences`: a sequence RUN's studies); a reading
+    error names its file."""
     for start in range(0, len(files), size):
         batch = []
         for f in files[start: start + size]:
             with naming(f):
-                batch.append((f, read_image(f)))
+                batch.append((f, read_input(f, sequences)))
         yield batch
 
 
@@ -55,7 +58,7 @@ def predict_classifications(predictor: Any, files: Sequence[Path], out: str | Pa
     bar = tqdm(total=len(files), desc="predicting", unit="study", leave=False,
                disable=len(files) < 10 or not _tty())
     i = 0
-    for batch in _read_in_batches(files, BATCH):
+    for batch in _read_in_batches(files, BATCH, reads_sequences(predictor)):
         for (f, _), pred in zip(batch, _predict_batch(predictor, batch, heatmaps, method)):
             i += 1
             stem = f"{i:03d}_{safe_stem(f)}"

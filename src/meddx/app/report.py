@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from meddx.app.common import Log, expand_inputs, logger_or
+from meddx.app.common import Log, expand_inputs, logger_or, read_input, reads_sequences
 from meddx.errors import InputError, MeddxError, naming
 
 
@@ -17,18 +17,23 @@ def report_studies(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
     """report.html + report.pdf per study (batch: one folder each plus index.html), DICOM SEG/SR when DICOM.
 
     A classifier RUN reports its decision with a Grad-CAM heatmap; a segmentation RUN its lesion mask,
-    probability map and lesion sizes (`tta`: flip test-time augmentation)."""
+    probability map and lesion sizes (`tta`: flip test-time augmentation); a sequence RUN its frame importance
+    and key frames (a folder of numbered slice images is one study)."""
     from meddx.infer import load
-    from meddx.io import read_image
     from meddx.report import render_batch, render_study_report
 
     log = logger_or(log)
     predictor = load(run_dir, tta=tta)
-    files = expand_inputs(inputs)
+    if predictor.kind == "slice_labeller":  # each INPUT is one stack (a folder of slices is not expanded)
+        from meddx.app.slice_labelling import report_stacks
+
+        return report_stacks(predictor, inputs, out, include_phi=include_phi, log=log)
+    sequences = reads_sequences(predictor)
+    files = expand_inputs(inputs, sequences=sequences)
     studies = []
     for f in files:
         with naming(f):
-            s = predictor.predict(read_image(f)).to_study(str(f))
+            s = predictor.predict(read_input(f, sequences)).to_study(str(f))
         if include_phi:
             try:
                 from meddx.io.deid import read_phi

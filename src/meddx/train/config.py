@@ -15,6 +15,8 @@ from meddx.errors import ConfigError
 SEG_LOSSES = ("dice_bce", "lesion_dice_bce", "batch_dice_bce", "tversky_bce")
 # meddx.data.sequences.SAMPLING_MODES, in the order the CLI offers them
 FRAME_SAMPLINGS = ("uniform", "all")
+TASKS = ("classification", "segmentation", "slice-labelling")
+SMOOTHERS = ("hmm", "crf")  # slice labelling: how per-slice probabilities are smoothed along the stack
 
 
 @dataclass
@@ -22,7 +24,7 @@ class TrainConfig:
     """Every knob of a training run; `None` means "choose from the data" (recorded in run.json)."""
 
     model: str = "cnn"
-    task: str = "classification"  # or "segmentation"
+    task: str = "classification"  # or "segmentation", "slice-labelling" (per-slice lesion labels along a stack)
     epochs: int | None = None  # None: chosen from the dataset size (see `auto_epochs`)
     batch_size: int = 64
     learning_rate: float = 2e-3
@@ -47,6 +49,7 @@ class TrainConfig:
     seg_loss: str = "dice_bce"  # segmentation: one of SEG_LOSSES (the losses are described in `meddx train --help`)
     frames: int = 16  # sequence models: frames sampled per study (video, cine, slice stack)
     frame_sampling: str = "uniform"  # sequence models: "uniform" (`frames` evenly spaced) or "all" (every frame)
+    smoother: str = "hmm"  # slice labelling: "hmm" (2-state HMM, Viterbi) or "crf" (linear-chain CRF)
     threads: int | None = None  # TF intra-op threads; None = all cores
     model_options: dict[str, Any] | None = None  # extra model-builder arguments (e.g. {"pooling": "max"})
 
@@ -95,8 +98,10 @@ class TrainConfig:
         check_stack_min_fraction(self.stack_min_fraction)
         if self.patch_size is not None and not 16 <= self.patch_size <= 1024:
             raise ConfigError(f"patch_size must be between 16 and 1024, got {self.patch_size}")
-        if self.task not in ("classification", "segmentation"):
-            raise ConfigError(f"task must be classification or segmentation, got {self.task!r}")
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be {', '.join(TASKS[:-1])} or {TASKS[-1]}, got {self.task!r}")
+        if self.smoother not in SMOOTHERS:
+            raise ConfigError(f"smoother must be {' or '.join(SMOOTHERS)}, got {self.smoother!r}")
         if self.task == "classification" and (self.channel_dropout or self.lesion_fade or self.seg_loss != "dice_bce"
                                               or self.patch_size or self.stack_min_fraction):
             raise ConfigError("channel_dropout, lesion_fade, patch_size, seg_loss and stack_min_fraction apply to "
