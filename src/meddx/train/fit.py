@@ -335,7 +335,8 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
 
 def write_run_folder(run_dir: Path, ds: Dataset, splits: np.ndarray, model: Any, info: dict[str, Any],
                      title: str, log: Callable[[str], None] | None = None) -> None:
-    """Write splits.csv, val_metrics.json, model.keras and the training curve, then run.json (a `RunInfo`) last."""
+    """Write splits.csv, val_metrics.json, model.keras and the training curve, then run.json (a `RunInfo`) last;
+    `info` is updated in place to what run.json holds (schema 2), which the trainers return."""
     from meddx.io.run_info import RunInfo
 
     log = log or LOGGER.info
@@ -351,6 +352,8 @@ def write_run_folder(run_dir: Path, ds: Dataset, splits: np.ndarray, model: Any,
     except Exception as exc:  # a plot must never lose a trained model
         log(f"warning: could not plot training curves: {exc}")
     run_info.write(run_dir)  # last: its presence marks a complete RUN
+    info.clear()
+    info.update(run_info.to_dict())
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
