@@ -177,7 +177,8 @@ def train_slice_labeller(data: str | Path, out: str | Path, smoother: str = "hmm
                          log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train a slice labeller (`smoother`: "hmm" or "crf") on DATA's labelled stacks into the RUN folder `out`
     (`config`: the full training settings, recorded in run.json); returns run.json's dict."""
-    from meddx.classic.slice_labelling import export_linear, export_scorer, export_smoother, slice_prf
+    from meddx.classic.slice_export import export_linear, export_scorer, export_smoother
+    from meddx.classic.slice_labelling import slice_prf
 
     log = log or LOGGER.info
     if smoother not in ("hmm", "crf"):

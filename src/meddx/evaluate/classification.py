@@ -11,6 +11,9 @@ Conventions (used everywhere in meddx):
 Undefined quantities (e.g. AUC with one class present) are ``nan`` in the low-level functions
 and ``None`` (JSON null) in the dicts returned by :func:`classification_metrics`.
 Never imports keras/tensorflow.
+
+Longer than 500 lines on purpose: the metric family shares its input checks and bootstrap machinery (AUC, CIs,
+operating points, calibration, per-class tables, conformal sets); each function is small and independent.
 """
 
 from __future__ import annotations

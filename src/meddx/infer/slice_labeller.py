@@ -50,7 +50,7 @@ class SliceLabeller(Predictor):
     @classmethod
     def load(cls, run_dir: str | Path, **options: Any) -> "SliceLabeller":
         """The RUN in `run_dir`; clear one-line errors when it is not a complete slice-labelling RUN."""
-        from meddx.classic.slice_labelling import LinearSliceClassifier, load_scorer, load_smoother
+        from meddx.classic.slice_export import LinearSliceClassifier, load_scorer, load_smoother
 
         p = Path(run_dir)
         if not p.is_dir():

@@ -6,6 +6,10 @@ comes from those positions (never from SliceThickness), and instances sharing a 
 (fMRI, cardiac phases) become a time axis. Pixel values are rescaled (CT in HU, float32),
 MONOCHROME1 is inverted so that higher is brighter, YBR colour becomes RGB. Metadata is
 de-identified (see `meddx.io.deid`).
+
+Longer than 500 lines on purpose: one reader with many cases (series sorting along the normal, multi-frame,
+4D, compressed transfer syntaxes, header checks before allocation) sharing private helpers; split, it would scatter
+one format's rules over several files.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 De-identified by default: the header shows only technical fields from `Image.metadata`, the
 study date reduced to its year (full dates are identifiers under HIPAA Safe Harbor), no source
 path; `include_phi=True` adds `study["phi"]`, the full study date and the source path.
+
+Slightly over 500 lines: one renderer whose sections (finding, heatmaps or masks, slices or frames, lesions,
+model card) share the document builder; batch reports and the index are the rest.
 """
 
 from __future__ import annotations
