@@ -3,6 +3,9 @@
 Each step is a small class (parameters in `__init__`, work in `__call__`, `get_config()`
 JSON-serialisable). `Preprocessing` chains them into the one function a RUN folder stores
 so train, evaluate and predict feed the model identical arrays. numpy/scipy only.
+
+Longer than 500 lines on purpose: each transform is a small class with its config round-trip, and
+`Preprocessing` composes them; one module keeps the registry of intensity modes and their parsing together.
 """
 
 from __future__ import annotations
