@@ -13,7 +13,8 @@ from PIL import Image as PILImage
 
 from meddx.data.lgg import paired_folder_dataset
 from meddx.train.config import TrainConfig
-from meddx.train.segmentation import postprocess_mask, postprocess_stacks, sliding_window_predict
+from meddx.models.sliding_window import sliding_window_predict
+from meddx.transforms.post import postprocess_mask, postprocess_stacks
 
 SIZE = 40  # generated images; the model trains at 32 px, so predictions are resized back
 
@@ -55,18 +56,19 @@ def trained(discs: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 
 
 def test_train_writes_a_loadable_run(trained: tuple[Path, dict]) -> None:
-    from meddx.runs import load_run
+    from meddx.infer import load
 
     out, info = trained
     for name in ("model.keras", "run.json", "history.csv", "training_curves.png", "splits.csv", "val_metrics.json"):
         assert (out / name).is_file(), name
     assert not (out / "backup").exists() and not (out / "checkpoints").exists()
-    run = load_run(out)
-    assert run.info["kind"] == "segmenter" and run.info["model"] == "unet"
+    run = load(out)
+    assert run.info.kind == "segmenter" and run.info.model == "unet"
     assert run.class_names == ["background", "lesion"]
-    assert run.info["input_shape"] == [32, 32, 1] and run.spatial_ndim == 2
+    assert run.info.input_shape == [32, 32, 1] and run.spatial_ndim == 2
+    saved = json.loads((out / "run.json").read_text())
     for key in ("preprocessing", "config", "data", "val_metrics", "created", "meddx_version"):
-        assert key in run.info
+        assert key in saved and getattr(run.info, key), key
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert len(rows) == info["epochs_run"] and "val_dice" in rows[0]
     assert run.model.output_shape == (None, 32, 32, 1)
@@ -83,7 +85,7 @@ def test_no_patient_in_two_splits(trained: tuple[Path, dict]) -> None:
 
 
 def test_evaluate_beats_trivial_baseline(trained: tuple[Path, dict], discs: Path, tmp_path: Path) -> None:
-    from meddx.workflows import evaluate_run
+    from meddx.app import evaluate_run
 
     out, _ = trained
     m = evaluate_run(out, discs, tmp_path / "eval", split="test", log=lambda s: None)
@@ -102,18 +104,18 @@ def test_evaluate_beats_trivial_baseline(trained: tuple[Path, dict], discs: Path
 
 
 def test_predict_segmentation_in_input_geometry(trained: tuple[Path, dict], discs: Path, tmp_path: Path) -> None:
-    from meddx.runs import load_run
-    from meddx.train.segmentation import predict_segmentation
-    from meddx.workflows import predict_inputs
+    from meddx.app import predict_inputs
+    from meddx.infer import load
+    from meddx.io import read_image
 
     out, _ = trained
-    run = load_run(out)
-    r = predict_segmentation(run, discs / "p0" / "p0_0.png")
-    assert r["mask"].shape == (SIZE, SIZE) and r["mask"].dtype == bool
+    run = load(out)
+    r = run.predict(read_image(discs / "p0" / "p0_0.png"))
+    assert r.mask.shape == (SIZE, SIZE) and r.mask.dtype == bool
     truth = np.asarray(PILImage.open(discs / "p0" / "p0_0_mask.png")) > 0
-    inter = np.logical_and(r["mask"], truth).sum()
-    assert 2 * inter / (r["mask"].sum() + truth.sum()) > 0.5
-    assert r["n_lesions"] >= 1 and r["lesions"][0]["n_px"] > 0
+    inter = np.logical_and(r.mask, truth).sum()
+    assert 2 * inter / (r.mask.sum() + truth.sum()) > 0.5
+    assert r.details["n_lesions"] >= 1 and r.lesions[0]["n_px"] > 0
     csv_path = predict_inputs(out, [discs / "p0"], tmp_path / "pred", log=lambda s: None)
     rows = list(csv.DictReader(Path(csv_path).open()))
     assert len(rows) == 6  # the *_mask.png files are not inputs
@@ -178,20 +180,21 @@ def test_stack_postprocessing_drops_one_slice_alarms_and_keeps_the_lesion_across
 
 def test_stack_postprocessing_is_applied_by_evaluate(trained: tuple[Path, dict], discs: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import meddx.train.segmentation as seg
-    from meddx.runs import load_run
+    import meddx.transforms.post as post
+    from meddx.app.evaluate import evaluate_segmenter
+    from meddx.infer import load
 
     out, _ = trained
-    run = load_run(out)
-    plain = seg.evaluate_segmenter(run, discs, tmp_path / "plain", log=lambda s: None)
+    run = load(out)
+    plain = evaluate_segmenter(run, discs, tmp_path / "plain", log=lambda s: None)
     seen: list[int] = []
-    real = seg.postprocess_stacks
+    real = post.postprocess_stacks
 
     def spy(masks, patients, names, fraction):  # type: ignore[no-untyped-def]
         seen.append(len(masks))
         return real(masks, patients, names, fraction)
 
-    monkeypatch.setattr(seg, "postprocess_stacks", spy)
+    monkeypatch.setattr(post, "postprocess_stacks", spy)
     from meddx.cli import main
 
     assert main(["evaluate", str(out), str(discs), "--out", str(tmp_path / "stacked"),
@@ -218,7 +221,7 @@ def test_stack_min_fraction_is_validated_and_recorded(tmp_path: Path) -> None:
     assert main(["train", str(data), "--out", str(out), "--task", "segmentation", "--epochs", "1",
                  "--image-size", "32", "--stack-min-fraction", "0.25"]) == 0
     info = json.loads((out / "run.json").read_text())
-    assert info["config"]["stack_min_fraction"] == 0.25 and info["postprocess"]["stack_min_fraction"] == 0.25
+    assert info["config"]["stack_min_fraction"] == 0.25 and info["segmentation"]["stack_min_fraction"] == 0.25
 
 
 def test_cli_train_segmentation(tmp_path: Path) -> None:
@@ -235,16 +238,17 @@ def test_cli_train_segmentation(tmp_path: Path) -> None:
     assert rc == 0 and (tmp_path / "ev" / "metrics.json").is_file()
 
 
+@pytest.mark.parametrize("graph", [True, False], ids=["graph", "numpy"])
 @pytest.mark.parametrize("augment", ["flip", "light", "strong"])
-def test_augmentation_moves_image_and_mask_together(augment: str) -> None:
-    """Flips, rotations and zooms are applied identically to the image and its mask."""
-    from meddx.train.segmentation import _flip_axes, _tf_dataset_2d
+def test_augmentation_moves_image_and_mask_together(augment: str, graph: bool) -> None:
+    """Flips, rotations and zooms are applied identically to the image and its mask (graph and numpy paths)."""
+    from meddx.train.seg_pipeline import tf_dataset_2d
 
     x = np.zeros((6, 48, 48, 2), np.float32)
     for i in range(6):  # an off-centre rectangle, different per case, same in both channels
         x[i, 6 + i: 20 + i, 10: 34 - i, :] = 1.0
     y = x[..., :1].copy()
-    batches = list(_tf_dataset_2d(x, y, 6, seed=1, axes=_flip_axes(augment, 2), augment=augment).take(3))
+    batches = list(tf_dataset_2d(x, y, 6, seed=1, augment=augment, graph=graph).take(3))
     moved = 0
     for a, b in batches:
         a, b = a.numpy(), b.numpy()
@@ -260,7 +264,7 @@ def test_augmentation_moves_image_and_mask_together(augment: str) -> None:
 
 def test_no_validation_split_keeps_the_last_epoch(discs: Path, tmp_path: Path) -> None:
     """val_fraction 0 (train on every non-test patient): the full schedule runs and the last epoch is kept."""
-    from meddx.runs import load_run
+    from meddx.infer import load
     from meddx.train.segmentation import train_segmenter
 
     cfg = TrainConfig(task="segmentation", epochs=3, batch_size=8, learning_rate=1e-2, image_size=32,
@@ -272,19 +276,19 @@ def test_no_validation_split_keeps_the_last_epoch(discs: Path, tmp_path: Path) -
     assert any("keeping the last epoch" in s for s in lines)
     splits = [r["split"] for r in csv.DictReader((tmp_path / "run" / "splits.csv").open())]
     assert "val" not in splits and "train" in splits and "test" in splits
-    run = load_run(tmp_path / "run")
-    assert run.info["kind"] == "segmenter"
+    run = load(tmp_path / "run")
+    assert run.info.kind == "segmenter"
 
 
 def test_channel_dropout_zeroes_one_whole_channel_and_keeps_the_mask() -> None:
     """channel_dropout p: with probability p exactly one input channel becomes all zeros; the mask and the
     other channels are untouched; p = 0 (and single-channel input) leaves every image as it was."""
-    from meddx.train.segmentation import _tf_dataset_2d
+    from meddx.train.seg_pipeline import tf_dataset_2d
 
     x = np.ones((40, 8, 8, 3), np.float32) * np.array([1.0, 2.0, 3.0], np.float32)
     y = np.zeros((40, 8, 8, 1), np.float32)
     y[:, 2:5, 2:5] = 1.0
-    a, b = next(iter(_tf_dataset_2d(x, y, 40, seed=0, axes=[], augment="none", channel_dropout=0.9)))
+    a, b = next(iter(tf_dataset_2d(x, y, 40, seed=0, augment="none", channel_dropout=0.9)))
     a, b = a.numpy(), b.numpy()
     assert np.array_equal(b.sum(axis=(1, 2, 3)), np.full(40, 9.0))
     zeroed = (a == 0).all(axis=(1, 2))  # (40, 3): which channels are entirely zero
@@ -293,10 +297,12 @@ def test_channel_dropout_zeroes_one_whole_channel_and_keeps_the_mask() -> None:
     assert zeroed.any(axis=0).all()  # each channel is the dropped one sometimes
     kept = ~zeroed
     assert np.allclose(a.transpose(0, 3, 1, 2)[kept], (x.transpose(0, 3, 1, 2))[kept])
-    a0, _ = next(iter(_tf_dataset_2d(x, y, 40, seed=0, axes=[], augment="none", channel_dropout=0.0)))
+    a0, _ = next(iter(tf_dataset_2d(x, y, 40, seed=0, augment="none", channel_dropout=0.0)))
     assert np.array_equal(np.sort(a0.numpy(), axis=0), np.sort(x, axis=0))
-    a1, _ = next(iter(_tf_dataset_2d(x[..., :1], y, 40, seed=0, axes=[], augment="none", channel_dropout=0.9)))
+    a1, _ = next(iter(tf_dataset_2d(x[..., :1], y, 40, seed=0, augment="none", channel_dropout=0.9)))
     assert (a1.numpy() == 1.0).all()
+    a2, _ = next(iter(tf_dataset_2d(x, y, 40, seed=0, augment="none", channel_dropout=0.9, graph=False)))
+    assert np.array_equal(a2.numpy(), a)  # the numpy twins drop the same channels (same seeded params)
 
 
 def test_channel_dropout_is_validated() -> None:
@@ -313,7 +319,8 @@ def test_channel_dropout_is_validated() -> None:
 def test_lesion_fade_cuts_lesion_contrast_and_leaves_the_rest() -> None:
     """lesion_fade: the lesion's mean moves part-way to the ring of tissue around it (by `amount`), its texture
     stays, pixels well away from it and the mask are untouched; a lesion-free image is left as it was."""
-    from meddx.train.segmentation import _fade_lesion, _tf_dataset_2d
+    from meddx.train.seg_pipeline import tf_dataset_2d
+    from meddx.transforms.augment import LesionFade
 
     rng = np.random.default_rng(0)
     img = np.zeros((48, 48, 1), np.float32) - 3.0  # background
@@ -323,15 +330,18 @@ def test_lesion_fade_cuts_lesion_contrast_and_leaves_the_rest() -> None:
     img[18:30, 18:30] += 2.0  # a lesion 2 above the tissue
     contrast = lambda a: float(a[21:27, 21:27].mean() - a[4:14, 4:44].mean())  # noqa: E731 -- lesion core
     for amount in (0.0, 0.5, 0.9):
-        out = _fade_lesion(img, msk, np.float32(amount)).numpy()
+        out, kept = LesionFade(amount)(img, msk)
         assert abs(contrast(out) - 2.0 * (1 - amount)) < 0.1, (amount, contrast(out))
         assert np.allclose(out[22:26, 22:26].std(), img[22:26, 22:26].std(), atol=1e-5)  # texture kept
-        assert np.array_equal(out[:10], img[:10])  # far from the lesion: unchanged
-    assert np.array_equal(_fade_lesion(img, np.zeros_like(msk), np.float32(0.9)).numpy(), img)
+        assert np.array_equal(out[:10], img[:10]) and np.array_equal(kept, msk)  # far from the lesion: unchanged
+    assert np.array_equal(LesionFade(0.9)(img, np.zeros_like(msk))[0], img)
+    assert np.array_equal(LesionFade(0.9)(img), img)  # no mask: nothing to fade
     x, y = np.repeat(img[None], 40, 0), np.repeat(msk[None], 40, 0)
-    a, b = next(iter(_tf_dataset_2d(x, y, 40, seed=0, axes=[], augment="none", lesion_fade=0.5)))
-    faded = np.array([contrast(s) < 1.95 for s in a.numpy()])
-    assert 8 <= faded.sum() <= 32 and np.array_equal(b.numpy(), y)  # about half faded; masks as given
+    for graph in (True, False):
+        a, b = next(iter(tf_dataset_2d(x, y, 40, seed=0, augment="none", lesion_fade=0.5, graph=graph)))
+        faded = np.array([contrast(s) < 1.95 for s in a.numpy()])
+        assert 8 <= faded.sum() <= 32 and np.array_equal(b.numpy(), y)  # about half faded; masks as given
+        assert all(2.0 * (1 - 0.9) - 0.1 < contrast(s) < 2.1 for s in a.numpy())  # cut by at most 90 %
 
 
 def test_lesion_fade_is_validated() -> None:
@@ -347,7 +357,7 @@ def test_tversky_loss_weighs_a_missed_lesion_above_a_false_alarm() -> None:
     """Missing 32 lesion pixels costs more than claiming 32 extra ones under both losses, by far more under
     Tversky (beta 0.7 > alpha 0.3: 0.41 vs 0.13 against Dice's 0.33 vs 0.20); both ~0 when right."""
     from meddx.train.config import SEG_LOSSES
-    from meddx.train.segmentation import SEGMENTATION_LOSSES
+    from meddx.models.losses import SEGMENTATION_LOSSES
 
     assert tuple(SEGMENTATION_LOSSES) == SEG_LOSSES  # the names the config and CLI accept
     truth = np.zeros((1, 16, 16, 1), np.float32)
@@ -381,7 +391,7 @@ def test_cli_records_segmentation_loss_and_channel_dropout(tmp_path: Path) -> No
 def test_lesion_dice_leaves_empty_slices_to_cross_entropy() -> None:
     """lesion_dice_bce: 8 false pixels on a lesion-free slice cost their cross-entropy only (per-sample Dice
     would also lose half the batch's Dice term, 1 - (1 + 1/9) / 2); a missed lesion still costs its Dice."""
-    from meddx.train.segmentation import SEGMENTATION_LOSSES
+    from meddx.models.losses import SEGMENTATION_LOSSES
 
     truth = np.zeros((2, 16, 16, 1), np.float32)
     truth[0, 4:12, 4:12] = 1.0  # sample 0: 64 lesion pixels; sample 1: lesion-free
@@ -401,7 +411,7 @@ def test_lesion_dice_leaves_empty_slices_to_cross_entropy() -> None:
 def test_batch_dice_charges_a_false_alarm_by_its_size() -> None:
     """batch_dice_bce: one Dice over the batch's pixels: 8 false pixels on a lesion-free slice next to a 64 px
     lesion cost 1 - (2*64 + 1) / (64 + 72 + 1), not half the batch's Dice term as per-sample Dice charges."""
-    from meddx.train.segmentation import SEGMENTATION_LOSSES
+    from meddx.models.losses import SEGMENTATION_LOSSES
 
     truth = np.zeros((2, 16, 16, 1), np.float32)
     truth[0, 4:12, 4:12] = 1.0
@@ -421,30 +431,45 @@ def test_batch_dice_charges_a_false_alarm_by_its_size() -> None:
 def test_random_crop_keeps_image_and_mask_aligned_and_finds_the_lesion() -> None:
     """patch_size: every crop is the same window of image and mask; about half of a lesion slice's crops are
     centred on lesion (so hold some), the others fall anywhere (so some of them miss a corner lesion)."""
-    from meddx.train.segmentation import _random_crop_2d
+    from meddx.train.seg_pipeline import CROP_ON_LESION_P, tf_dataset_2d
+    from meddx.transforms.augment import RandomCrop
 
     rng = np.random.default_rng(0)
     img = rng.normal(size=(64, 48, 2)).astype(np.float32)
     msk = np.zeros((64, 48, 1), np.float32)
     msk[56:60, 40:44] = 1  # a small lesion in a corner: a uniformly placed 16x16 crop rarely holds it
-    held = []
-    for _ in range(200):
-        a, b = (t.numpy() for t in _random_crop_2d(img, msk, 16))
-        assert a.shape == (16, 16, 2) and b.shape == (16, 16, 1)
+    crop = RandomCrop(16, centre_on_mask_p=CROP_ON_LESION_P)
+
+    def window(a: np.ndarray) -> tuple[int, int]:
         hits = [(y, x) for y in range(49) for x in range(33) if np.array_equal(img[y:y + 16, x:x + 16], a)]
         assert len(hits) == 1
-        y, x = hits[0]
+        return hits[0]
+
+    held = []
+    for _ in range(200):
+        a, b = crop(img, msk, rng=rng)
+        assert a.shape == (16, 16, 2) and b.shape == (16, 16, 1)
+        y, x = window(a)
         assert np.array_equal(msk[y:y + 16, x:x + 16], b)
         held.append(b.sum() > 0)
     assert 0.4 <= np.mean(held) <= 0.75, np.mean(held)
     empty = np.zeros_like(msk)
-    assert all(_random_crop_2d(img, empty, 16)[1].numpy().sum() == 0 for _ in range(5))
+    assert all(crop(img, empty, rng=rng)[1].sum() == 0 for _ in range(5))
+    a, b = next(iter(tf_dataset_2d(np.repeat(img[None], 40, 0), np.repeat(msk[None], 40, 0), 40, seed=0,
+                                   augment="none", patch=16)))  # the graph path: same windows, same share
+    held = []
+    for ai, bi in zip(a.numpy(), b.numpy()):
+        y, x = window(ai)
+        assert np.array_equal(msk[y:y + 16, x:x + 16], bi)
+        held.append(bi.sum() > 0)
+    assert 0.3 <= np.mean(held) <= 0.85, np.mean(held)
 
 
 def test_patch_training_predicts_whole_images(discs: Path, tmp_path: Path) -> None:
     """patch_size: the network trains on crops but the RUN keeps a whole-image model, which evaluate uses."""
-    from meddx.runs import load_run
-    from meddx.train.segmentation import evaluate_segmenter, train_segmenter
+    from meddx.app.evaluate import evaluate_segmenter
+    from meddx.infer import load
+    from meddx.train.segmentation import train_segmenter
 
     cfg = TrainConfig(task="segmentation", epochs=2, batch_size=8, learning_rate=1e-2, image_size=32,
                       patch_size=16, seed=1, val_fraction=0.2, test_fraction=0.2)
@@ -452,7 +477,7 @@ def test_patch_training_predicts_whole_images(discs: Path, tmp_path: Path) -> No
     info = train_segmenter(discs, tmp_path / "run", cfg, base_filters=4, depth=2, verbose=0, log=lines.append)
     assert info["input_shape"] == [32, 32, 1] and info["config"]["patch_size"] == 16
     assert any("16x16 crops of the 32x32 images" in s for s in lines)
-    run = load_run(tmp_path / "run")
+    run = load(tmp_path / "run")
     assert tuple(run.model.input_shape[1:3]) == (32, 32)
     m = evaluate_segmenter(run, discs, tmp_path / "eval", split="test", log=lambda *a, **k: None)
     assert m["n"] > 0 and 0.0 <= m["dice"] <= 1.0
@@ -478,39 +503,39 @@ class _RampModel:
         return x[..., :1] * ramp / x.shape[2]
 
 
-def _fake_run(augment: str, tta: bool = True):
-    from types import SimpleNamespace
+def _fake_segmenter(augment: str, tta: bool = True):
+    """A 2D whole-image Segmenter around _RampModel, trained (as its RunInfo says) with `--augment augment`."""
+    from meddx.infer import Segmenter
+    from meddx.io.run_info import RunInfo
 
-    return SimpleNamespace(path=Path("RUN"), model=_RampModel(), info={
-        "kind": "segmenter", "spatial_ndim": 2, "inference": "resize", "tta": tta,
-        "config": {"augment": augment}})
+    info = RunInfo(kind="segmenter", model="unet", task="binary", class_names=["background", "lesion"],
+                   spatial_ndim=2, input_shape=[6, 8, 1], preprocessing={}, config={"augment": augment})
+    return Segmenter(info, _RampModel(), None, Path("RUN"), tta=tta)
 
 
 def test_tta_averages_the_prediction_of_the_flipped_input() -> None:
     """TTA = mean of p(x) and the flip back of p(flip(x)), over the axes the model was trained to flip."""
-    from meddx.train.segmentation import model_probability
-
     x = np.random.default_rng(0).normal(size=(6, 8, 1)).astype(np.float32)
     sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
     plain = sig(_RampModel().predict(x[None])[0, ..., 0])
     lr = sig(_RampModel().predict(x[None, :, ::-1])[0, :, ::-1, 0])
     ud = sig(_RampModel().predict(x[None, ::-1])[0, ::-1, :, 0])
-    np.testing.assert_allclose(model_probability(_fake_run("none", tta=False), x), plain, atol=1e-6)
-    np.testing.assert_allclose(model_probability(_fake_run("flip"), x), (plain + lr) / 2, atol=1e-6)
-    np.testing.assert_allclose(model_probability(_fake_run("light"), x), (plain + ud + lr) / 3, atol=1e-6)
+    np.testing.assert_allclose(_fake_segmenter("none", tta=False).model_probability(x), plain, atol=1e-6)
+    np.testing.assert_allclose(_fake_segmenter("flip").model_probability(x), (plain + lr) / 2, atol=1e-6)
+    # one preset table for every task: light adds an affine to the left-right flip, no up-down flip to average over
+    np.testing.assert_allclose(_fake_segmenter("light").model_probability(x), (plain + lr) / 2, atol=1e-6)
+    assert not np.allclose(_fake_segmenter("light").model_probability(x), (plain + ud + lr) / 3, atol=1e-6)
     assert not np.allclose(plain, lr)  # the check above can tell TTA from no TTA
 
 
 def test_tta_is_refused_without_flip_training_and_for_classifiers() -> None:
-    from types import SimpleNamespace
-
     from meddx.errors import ConfigError
-    from meddx.train.segmentation import enable_tta, model_probability
+    from meddx.infer import load
 
-    with pytest.raises(ConfigError, match="--augment none"):
-        model_probability(_fake_run("none"), np.zeros((4, 4, 1), np.float32))
+    with pytest.raises(ConfigError, match="--augment none"):  # refused when the segmenter is made
+        _fake_segmenter("none")
     with pytest.raises(ConfigError, match="segmentation runs only"):
-        enable_tta(SimpleNamespace(path=Path("RUN"), info={"kind": "classifier"}))
+        load(Path(__file__).resolve().parents[1] / "fixtures" / "runs" / "demo_cls", tta=True)
 
 
 def test_cli_evaluate_and_predict_with_tta(trained: tuple[Path, dict], discs: Path, tmp_path: Path) -> None:
@@ -543,16 +568,17 @@ def test_segmentation_study_of_a_volume_through_a_2d_model(trained: tuple[Path, 
     """A NIfTI stack of disc slices: per-slice probabilities, key slices where the mask is, volume in mL."""
     import nibabel as nib
 
+    from meddx.app.report import _report_info
+    from meddx.infer import load
+    from meddx.io import read_image
     from meddx.report import render_study_report
-    from meddx.runs import load_run
-    from meddx.train.segmentation import segmentation_study
 
     out, _ = trained
     slices = [np.asarray(PILImage.open(discs / "p0" / f"p0_{k}.png"), np.float32) for k in (2, 0, 1)]
     vol = np.stack(slices, axis=-1)  # nibabel order (x, y, z); slice 0 (z) has no disc
     nib.save(nib.Nifti1Image(vol, np.diag([0.5, 0.5, 3.0, 1.0])), str(tmp_path / "stack.nii.gz"))
-    run = load_run(out)
-    s = segmentation_study(run, tmp_path / "stack.nii.gz")
+    run = load(out)
+    s = run.predict(read_image(tmp_path / "stack.nii.gz")).to_study(str(tmp_path / "stack.nii.gz"))
     assert np.shape(s["heatmap"]) == (3, SIZE, SIZE) and len(s["slice_scores"]) == 3
     # key slices by lesion area: the two disc slices first (a speck on the blank slice 0 may follow: a full-suite
     # run on the Intel box once left one, a one-slice alarm that --stack-min-fraction exists to drop)
@@ -560,14 +586,14 @@ def test_segmentation_study_of_a_volume_through_a_2d_model(trained: tuple[Path, 
     voxels = sum(int(les["n_px"]) for les in s["lesions"])
     assert voxels == s["n_voxels"] > 0
     assert s["volume_ml"] == pytest.approx(voxels * 0.5 * 0.5 * 3.0 / 1000)
-    paths = render_study_report(s, run.info, tmp_path / "rep")
+    paths = render_study_report(s, _report_info(run), tmp_path / "rep")  # the run.json dict, as `meddx report`
     html = Path(paths["html"]).read_text()
     assert "Peak lesion probability per slice" in html and "mL in total" in html
     assert (tmp_path / "rep" / "volume_overview.png").is_file()
     # stack post-processing on the volume: components under 0.99 x the largest go, the largest stays
-    run.info["postprocess"]["stack_min_fraction"] = 0.99
-    kept = segmentation_study(run, tmp_path / "stack.nii.gz")
+    run.settings.stack_min_fraction = 0.99
+    kept = run.predict(read_image(tmp_path / "stack.nii.gz")).to_study(str(tmp_path / "stack.nii.gz"))
     sizes = sorted(int(les["n_px"]) for les in s["lesions"])
     assert [int(les["n_px"]) for les in kept["lesions"]] == sizes[-1:]
-    html = Path(render_study_report(kept, run.info, tmp_path / "rep2")["html"]).read_text()
+    html = Path(render_study_report(kept, _report_info(run), tmp_path / "rep2")["html"]).read_text()
     assert "fewer than 0.99 × the largest" in html, re.findall(r"Lesion pixels[^<]*", html)

@@ -26,7 +26,7 @@ from meddx.errors import ConfigError, DataError
 from meddx.models.losses import SEGMENTATION_LOSSES
 from meddx.models.sliding_window import sliding_window_predict
 from meddx.train.seg_data import load_segmentation_dataset, masks_at, read_pair
-from meddx.train.seg_pipeline import flip_axes, patch_sequence, tf_dataset_2d
+from meddx.train.seg_pipeline import patch_sequence, tf_dataset_2d
 from meddx.train.config import TrainConfig, auto_epochs
 from meddx.transforms.post import dice_np
 
@@ -91,7 +91,6 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
                          intensity=intensity, select_channels=cfg.select_channels)
     patch = tuple([size] * ndim)
     batch = cfg.batch_size if ndim == 2 else max(1, min(cfg.batch_size, 2))
-    axes = flip_axes(cfg.augment, ndim)
     log(f"preprocessing: {ndim}D, {'size' if ndim == 2 else 'patch'} {patch}, {prep.channels} channel(s), "
         f"intensity {intensity}")
 
@@ -106,7 +105,7 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
         y_tr = masks_at(ds.subset(tr), patch)
         y_va = masks_at(ds.subset(va), patch) if selecting else None
         steps = max(1, math.ceil(len(tr) / batch))
-        train_data = tf_dataset_2d(x_tr, y_tr[..., None].astype(np.float32), batch, cfg.seed, axes, cfg.augment,
+        train_data = tf_dataset_2d(x_tr, y_tr[..., None].astype(np.float32), batch, cfg.seed, cfg.augment,
                                     cfg.channel_dropout, cfg.lesion_fade, crop)
         val_pairs = None
     else:
@@ -115,7 +114,7 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
         n_vox = sum(int(np.prod(v.shape[:3])) for v, _ in tr_pairs)
         steps = max(4, math.ceil(n_vox / (np.prod(patch) * batch)))
         train_data = patch_sequence([v for v, _ in tr_pairs], [m for _, m in tr_pairs], patch, batch, steps,
-                                     cfg.seed, axes)
+                                     cfg.seed, cfg.augment)
         x_va = y_va = None
     epochs = cfg.epochs or auto_epochs(len(tr), batch, target_steps=600, lo=10, hi=80)
 
