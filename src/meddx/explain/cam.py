@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from meddx.errors import ConfigError, InputError
-from meddx.models.layers import find_cam_layer, layer_output
+from meddx.models.layers import find_cam_layer, input_rank, layer_output
 from meddx.models.registry import OUTPUT_LAYER
 
 METHODS = ("gradcam", "gradcam++", "occlusion")
@@ -26,16 +26,8 @@ METHODS = ("gradcam", "gradcam++", "occlusion")
 # model helpers
 # ---------------------------------------------------------------------------------------------
 def _model_spatial_ndim(model: Any) -> int:
-    """2 for (N, H, W, C) models, 3 for (N, D, H, W, C) models."""
-    if len(model.inputs) != 1:
-        raise ConfigError(f"model '{model.name}' has {len(model.inputs)} inputs; heatmaps need a single image input")
-    rank = len(model.inputs[0].shape)
-    if rank not in (4, 5):
-        raise ConfigError(
-            f"model '{model.name}' input has shape {tuple(model.inputs[0].shape)}; "
-            "expected (N, H, W, C) or (N, D, H, W, C)"
-        )
-    return rank - 2
+    """2 for (N, H, W, C) models, 3 for (N, D, H, W, C) models (ConfigError for anything else)."""
+    return input_rank(model) - 2
 
 
 def _logits_tensor(model: Any) -> Any:

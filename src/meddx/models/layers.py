@@ -25,7 +25,7 @@ def layer_output(layer: Any) -> Any | None:
     return out
 
 
-def _input_rank(model: Any) -> int:
+def input_rank(model: Any) -> int:
     """4 for (N, H, W, C) models, 5 for (N, D, H, W, C) models; ConfigError for anything else."""
     if len(model.inputs) != 1:
         raise ConfigError(f"model '{model.name}' has {len(model.inputs)} inputs; Grad-CAM needs a single image input")
@@ -48,7 +48,7 @@ def find_cam_layer(model: Any) -> str:
     """
     import keras
 
-    rank = _input_rank(model)
+    rank = input_rank(model)
     output_ids = {id(t) for t in model.outputs}
     candidates = []
     for layer in model.layers:

@@ -246,19 +246,9 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     if model_spec(cfg.model).is_segmentation:
         raise ConfigError(f"model '{cfg.model}' is a segmentation network; use --task segmentation")
-    splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    splits, tr, va = split_cases(ds, cfg, log)
     summary = describe(ds, splits)
     log(format_summary(summary))
-    tr, va = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
-    if len(va) == 0:
-        # npz with only a train split: carve a patient-free validation split from it
-        from meddx.data.splits import _holdout, _strata, _groups
-        va = np.sort(_holdout(_strata(ds), _groups(ds), tr, cfg.val_fraction, cfg.seed))
-        splits[va] = "val"
-        tr = np.setdiff1d(tr, va)
-        log(f"no validation split in the data: held out {len(va)} training cases for validation")
-    _check_both_classes(ds, tr, "train")
-    _check_both_classes(ds, va, "val")
 
     prep = build_preprocessing(ds, cfg)
     log(f"preprocessing: {prep.spatial_ndim}D, size {tuple(prep.output_shape[:-1])}, "
@@ -271,15 +261,7 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     # 3D: half the optimiser steps (AdrenalMNIST3D peaked by epoch 8-10 of 16 or 32; 16 measured 0.836 val AUC)
     epochs = cfg.epochs or auto_epochs(len(tr), cfg.batch_size, target_steps=600 if prep.spatial_ndim == 2 else 300)
     steps = max(1, math.ceil(len(tr) / cfg.batch_size))
-    model = build_model(cfg.model, prep.output_shape, ds.n_classes, task=ds.task, dropout=cfg.dropout,
-                        **(cfg.model_options or {}))
-    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=epochs * steps, alpha=0.01)
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
-    if ds.task == "multiclass":
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    else:
-        loss = keras.losses.BinaryCrossentropy(from_logits=True)
-    model.compile(optimizer=optimizer, loss=loss, jit_compile=cfg.jit_compile)
+    model = compile_model(cfg, prep.output_shape, ds, epochs, steps)
 
     augmenter = None if cfg.augment == "none" else Augmenter.from_preset(cfg.augment, prep.spatial_ndim, seed=cfg.seed)
     weights = class_sample_weights(y_tr, ds.task) if cfg.class_weights else None
@@ -297,15 +279,7 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     best = callbacks[1]
 
     # Operating point and validation metrics from the selected (best) weights.
-    from meddx.evaluate.classification import classification_metrics, youden_threshold
-
-    val_probs = logits_to_probs(model.predict(x_va, batch_size=256, verbose=0), ds.task)
-    y_va_int = ds.labels[va]
-    threshold = float(youden_threshold(y_va_int, val_probs[:, 1])) if ds.task == "binary" else None
-    groups = ds.patient_ids[va] if ds.patient_ids is not None else None
-    val_metrics = classification_metrics(y_va_int, val_probs, ds.class_names, task=ds.task,
-                                         threshold=threshold if threshold is not None else 0.5,
-                                         groups=groups, seed=cfg.seed)
+    threshold, val_metrics = validation_results(model, x_va, ds, va, cfg)
     info: dict[str, Any] = {
         "meddx_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -331,6 +305,55 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
         f"validation AUC {auc if auc is None else round(auc, 4)} "
         f"{val_metrics.get('auc_ci')}, accuracy {val_metrics.get('accuracy'):.4f}")
     return info
+
+
+def compile_model(cfg: TrainConfig, shape: tuple[Any, ...], ds: Dataset, epochs: int, steps: int) -> Any:
+    """The registry model, compiled with AdamW + cosine decay and a from-logits cross-entropy."""
+    import keras
+
+    from meddx.models.registry import build_model
+
+    options = {"dropout": cfg.dropout, **(cfg.model_options or {})}
+    model = build_model(cfg.model, shape, ds.n_classes, task=ds.task, **options)
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=epochs * steps, alpha=0.01)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    if ds.task == "multiclass":
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    else:
+        loss = keras.losses.BinaryCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=cfg.jit_compile)
+    return model
+
+
+def validation_results(model: Any, x_va: np.ndarray, ds: Dataset, va: np.ndarray, cfg: TrainConfig,
+                       batch_size: int = 256) -> tuple[float | None, dict[str, Any]]:
+    """(Youden threshold for binary tasks else None, validation metrics at that threshold)."""
+    from meddx.evaluate.classification import classification_metrics, youden_threshold
+
+    probs = logits_to_probs(model.predict(x_va, batch_size=batch_size, verbose=0), ds.task)
+    y = ds.labels[va]
+    threshold = float(youden_threshold(y, probs[:, 1])) if ds.task == "binary" else None
+    groups = ds.patient_ids[va] if ds.patient_ids is not None else None
+    metrics = classification_metrics(y, probs, ds.class_names, task=ds.task,
+                                     threshold=0.5 if threshold is None else threshold, groups=groups, seed=cfg.seed)
+    return threshold, metrics
+
+
+def split_cases(ds: Dataset, cfg: TrainConfig, log: Callable[[str], None]) -> tuple[np.ndarray, ...]:
+    """(split name per case, train indices, validation indices), patient-grouped; data without a validation split
+    (an npz with only train) get one carved from train; both classes must be in each."""
+    splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    tr, va = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
+    if len(va) == 0:
+        from meddx.data.splits import _groups, _holdout, _strata
+
+        va = np.sort(_holdout(_strata(ds), _groups(ds), tr, cfg.val_fraction, cfg.seed))
+        splits[va] = "val"
+        tr = np.setdiff1d(tr, va)
+        log(f"no validation split in the data: held out {len(va)} training cases for validation")
+    _check_both_classes(ds, tr, "train")
+    _check_both_classes(ds, va, "val")
+    return splits, tr, va
 
 
 def write_run_folder(run_dir: Path, ds: Dataset, splits: np.ndarray, model: Any, info: dict[str, Any],

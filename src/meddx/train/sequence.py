@@ -23,14 +23,12 @@ import numpy as np
 from meddx import __version__
 from meddx.data.datasets import Dataset, describe, format_summary, load_dataset
 from meddx.data.sequences import pad_sequences
-from meddx.data.splits import assign_splits
 from meddx.errors import ConfigError, DataError, naming
-from meddx.models.outputs import logits_to_probs
 from meddx.models.runtime import configure_tensorflow
 from meddx.train.config import TrainConfig, auto_epochs
-from meddx.train.fit import (_check_both_classes, _make_callbacks, _read_history, check_run_dir,
-                             class_sample_weights, encode_labels, make_tf_dataset, model_channels,
-                             write_run_folder)
+from meddx.train.fit import (_make_callbacks, _read_history, check_run_dir, class_sample_weights, encode_labels,
+                             make_tf_dataset, model_channels, split_cases, write_run_folder,
+                             compile_model, validation_results)
 from meddx.transforms.frames import check_frames, read_study, sequence_input
 
 LOGGER = logging.getLogger("meddx")
@@ -44,6 +42,45 @@ def sequence_model_names() -> tuple[str, ...]:
     from meddx.models.registry import list_models, model_spec
 
     return tuple(n for n in list_models() if str(model_spec(n).builder).startswith(SEQUENCE_BUILDERS))
+
+
+STILL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp"})  # always one 2D image (TIFF may hold pages)
+
+
+def study_kind(item: Any) -> str | None:
+    """"sequence" (a video, or a folder of slice images), "image" (a PNG/JPEG/BMP file: one 2D image), or None
+    when the name alone does not tell (DICOM, NIfTI, TIFF ...: the reader decides). Reads no pixels."""
+    from meddx.io.readers import RASTER_SUFFIXES
+    from meddx.io.video import VIDEO_SUFFIXES
+
+    if isinstance(item, np.ndarray):
+        return None
+    p = Path(item)
+    if p.is_dir():
+        try:
+            slices = any(c.is_file() and c.suffix.lower() in RASTER_SUFFIXES for c in p.iterdir())
+        except OSError:
+            return None
+        return "sequence" if slices else None
+    suffix = p.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return "sequence"
+    return "image" if suffix in STILL_SUFFIXES else None
+
+
+def check_one_kind(ds: Dataset) -> None:
+    """DataError naming DATA when its cases mix sequences (videos, slice folders) and single images (PNG/JPEG):
+    a model trains on one or the other. Decided from the names, before anything is read or written."""
+    first: dict[str, Any] = {}
+    for item in ds.items:
+        kind = study_kind(item)
+        if kind is None or kind in first:
+            continue
+        first[kind] = item
+        if len(first) == 2:
+            raise DataError(f"mixes sequences and single images ({first['sequence']} is a video or slice folder, "
+                            f"{first['image']} a single image); train a sequence model on the sequences and an "
+                            "image model on the images, from separate manifests", ds.source)
 
 
 def is_sequence_study(data: str | Path | Dataset) -> bool:
@@ -60,10 +97,15 @@ def is_sequence_study(data: str | Path | Dataset) -> bool:
 def choose_sequence_model(data: str | Path | Dataset, requested: str | None,
                           log: Callable[[str], None] | None = None) -> str | None:
     """The sequence model to train: `requested` when it is one; the default when none was requested and the
-    data are sequences; None (train an image classifier) otherwise."""
+    data are sequences; None (train an image classifier) otherwise. DataError when DATA mixes sequences and
+    single images (`check_one_kind`), whichever model was requested."""
+    is_npz = not isinstance(data, Dataset) and Path(data).suffix.lower() == ".npz"
+    ds = None if is_npz else (data if isinstance(data, Dataset) else load_dataset(data))
+    if ds is not None:
+        check_one_kind(ds)
     if requested is not None:
         return requested if requested in sequence_model_names() else None
-    if not is_sequence_study(data):
+    if ds is None or not is_sequence_study(ds):
         return None
     (log or LOGGER.info)(f"sequence data: using --model {DEFAULT_SEQUENCE_MODEL} (default for sequences)")
     return DEFAULT_SEQUENCE_MODEL
@@ -109,22 +151,6 @@ def read_sequences(ds: Dataset, idx: np.ndarray, prep: Any, cfg: TrainConfig) ->
     return pad_sequences(seqs)[0].astype(np.float32, copy=False)
 
 
-def split_cases(ds: Dataset, cfg: TrainConfig, log: Callable[[str], None]) -> tuple[np.ndarray, ...]:
-    """(split name per case, train indices, validation indices), patient-grouped; both classes in each."""
-    splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    tr, va = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
-    if len(va) == 0:
-        from meddx.data.splits import _groups, _holdout, _strata
-
-        va = np.sort(_holdout(_strata(ds), _groups(ds), tr, cfg.val_fraction, cfg.seed))
-        splits[va] = "val"
-        tr = np.setdiff1d(tr, va)
-        log(f"no validation split in the data: held out {len(va)} training cases for validation")
-    _check_both_classes(ds, tr, "train")
-    _check_both_classes(ds, va, "val")
-    return splits, tr, va
-
-
 class SequenceFlip:
     """Left-right flip of whole sequences (every frame alike) with probability 1/2, as a tf.data map function."""
 
@@ -147,38 +173,6 @@ class SequenceFlip:
 def batch_size_for(n_train: int, cfg: TrainConfig) -> int:
     """cfg.batch_size, made smaller when needed so an epoch takes at least MIN_STEPS_PER_EPOCH steps."""
     return int(max(2, min(cfg.batch_size, math.ceil(n_train / MIN_STEPS_PER_EPOCH))))
-
-
-def compile_model(cfg: TrainConfig, shape: tuple[Any, ...], ds: Dataset, epochs: int, steps: int) -> Any:
-    """The registry model, compiled with AdamW + cosine decay and a from-logits cross-entropy."""
-    import keras
-
-    from meddx.models.registry import build_model
-
-    options = {"dropout": cfg.dropout, **(cfg.model_options or {})}
-    model = build_model(cfg.model, shape, ds.n_classes, task=ds.task, **options)
-    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=epochs * steps, alpha=0.01)
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
-    if ds.task == "multiclass":
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    else:
-        loss = keras.losses.BinaryCrossentropy(from_logits=True)
-    model.compile(optimizer=optimizer, loss=loss, jit_compile=cfg.jit_compile)
-    return model
-
-
-def validation_results(model: Any, x_va: np.ndarray, ds: Dataset, va: np.ndarray,
-                       cfg: TrainConfig) -> tuple[float | None, dict[str, Any]]:
-    """(Youden threshold for binary tasks else None, validation metrics at that threshold)."""
-    from meddx.evaluate.classification import classification_metrics, youden_threshold
-
-    probs = logits_to_probs(model.predict(x_va, batch_size=16, verbose=0), ds.task)
-    y = ds.labels[va]
-    threshold = float(youden_threshold(y, probs[:, 1])) if ds.task == "binary" else None
-    groups = ds.patient_ids[va] if ds.patient_ids is not None else None
-    metrics = classification_metrics(y, probs, ds.class_names, task=ds.task,
-                                     threshold=0.5 if threshold is None else threshold, groups=groups, seed=cfg.seed)
-    return threshold, metrics
 
 
 def run_description(cfg: TrainConfig, ds: Dataset, prep: Any, shape: tuple[Any, ...], epochs: int,
@@ -204,10 +198,11 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
     log = log or LOGGER.info
     cfg = cfg or TrainConfig(model=DEFAULT_SEQUENCE_MODEL)
     check_sequence_config(cfg)
+    ds = data if isinstance(data, Dataset) else load_dataset(data)
+    check_one_kind(ds)
     run_dir = Path(out)
     resuming = check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "data": str(getattr(data, "source", data))})
     configure_tensorflow(cfg.threads, cfg.seed)
-    ds = data if isinstance(data, Dataset) else load_dataset(data)
     if ds.task == "multilabel":
         raise ConfigError("sequence models support binary and multi-class labels, not multi-label", ds.source)
     splits, tr, va = split_cases(ds, cfg, log)
@@ -240,7 +235,7 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
     model.fit(train_ds, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
     seconds = time.monotonic() - t0
 
-    threshold, val_metrics = validation_results(model, x_va, ds, va, cfg)
+    threshold, val_metrics = validation_results(model, x_va, ds, va, cfg, batch_size=16)
     info = run_description(cfg, ds, prep, shape, epochs, batch, run_dir)
     info.update(threshold=threshold, best_epoch=int(callbacks[1].best_epoch) + 1, training_seconds=round(seconds, 1),
                 data={"source": str(ds.source), "kind": ds.kind, "summary": summary}, val_metrics=val_metrics)

@@ -121,7 +121,11 @@ class RandomTransform(Transform):
 
     def pair_batch(self, batch: np.ndarray, params: list[Params], masks: np.ndarray | None) -> Pair:
         """(batch, masks) out; masks (N, *spatial, Cm) or None. Default: sample by sample, in place."""
-        out, mo = _writable(batch), _writable(masks)
+        return self._pairs_into(batch, params, masks, _writable(batch), _writable(masks))
+
+    def _pairs_into(self, batch: np.ndarray, params: list[Params], masks: np.ndarray | None, out: np.ndarray,
+                    mo: np.ndarray | None) -> Pair:
+        """Each sample's twin applied to (image, mask), written into `out` / `mo`."""
         for i, p in enumerate(params):
             xi, mi = self.twin(p).pair(batch[i], None if masks is None else masks[i])
             out[i] = xi
@@ -395,12 +399,7 @@ class RandomCrop(RandomTransform):
         sizes = _sizes(self.size, nsp)
         out = np.empty((len(batch), *sizes, batch.shape[-1]), batch.dtype)
         mo = None if masks is None else np.empty((len(masks), *sizes, masks.shape[-1]), masks.dtype)
-        for i, p in enumerate(params):
-            xi, mi = self.twin(p).pair(batch[i], None if masks is None else masks[i])
-            out[i] = xi
-            if mo is not None:
-                mo[i] = mi
-        return out, mo
+        return self._pairs_into(batch, params, masks, out, mo)
 
 
 @register

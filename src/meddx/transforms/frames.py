@@ -3,6 +3,12 @@
 One function for training (`meddx.train.sequence`) and inference (`meddx.infer.SequenceClassifier`), so both
 feed the model exactly the same frames. A study is a sequence `Image` with 2D frames (video, cine, DICOM
 multi-frame) or a 3D volume read as its slices along the first array axis. No TensorFlow here.
+
+Videos are cheap to sample: `read_study` returns a lazy `meddx.io.video.VideoStudy`, and `sequence_input`
+decodes only the frames it samples (the same frames, pixel for pixel, as a full decode) and keeps the
+preprocessed result in the on-disk cache of `meddx.transforms.prepare` (keyed by the file's path, size and
+mtime, the preprocessing, the frame count and the sampling), so a second training or evaluation on the same
+videos decodes none of them.
 """
 
 from __future__ import annotations
@@ -15,9 +21,12 @@ import numpy as np
 from meddx.data.sequences import sample_frames
 from meddx.errors import InputError
 
-__all__ = ["check_frames", "read_study", "sequence_input"]
+__all__ = ["FRAMES_CACHE", "check_frames", "read_study", "sequence_input"]
 
 _SLICE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+FRAMES_CACHE = "frames"  # sub-folder of the meddx cache holding preprocessed sampled frames, one file per study
+_CACHE_VERSION = 1  # bump when decoding or sampling changes what a cached entry holds
+_CACHE_MAX_BYTES = 64 * 2**20  # larger inputs (sampling "all" of long clips) are not cached
 
 
 def check_frames(image: Any) -> None:
@@ -31,28 +40,65 @@ def check_frames(image: Any) -> None:
 
 
 def sequence_input(image: Any, prep: Any, frames: int | None, sampling: str = "uniform",
-                   progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   progress: bool = False, cache: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(model input (T, H, W, C), frame mask (T,), input frame index of each model frame) for one study.
 
     `sampling` "uniform": `frames` evenly spaced frames (repeated when the study is shorter); "all": every
     frame. Each sampled frame goes through `prep` (a 2D `Preprocessing`); any padding is all-zero frames,
     which the sequence models mask out.
+
+    A video not yet decoded (a `VideoStudy` from `read_study`) is sampled without decoding the whole clip, and
+    with `cache` the result is kept on disk and reused while the file and the settings are unchanged.
     """
+    from meddx.io.video import VideoStudy
+
+    if isinstance(image, VideoStudy) and not image.decoded:
+        return _video_input(image, prep, frames, sampling, progress, cache)
     check_frames(image)
     n = int(image.array.shape[0])
     idx = sample_frames(n, None if sampling == "all" else frames, sampling)
-    x = prep.batch([image.array[k] for k in idx], progress=progress)
+    return _assemble(prep.batch([image.array[k] for k in idx], progress=progress), idx, frames, sampling)
+
+
+def _assemble(x: np.ndarray, idx: np.ndarray, frames: int | None,
+              sampling: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Preprocessed frames -> (padded input, mask, indices)."""
     t = len(idx) if sampling == "all" else max(len(idx), frames or 0)
     out = np.zeros((t, *x.shape[1:]), np.float32)
     out[: len(idx)] = x
+    return out, _mask(len(idx), t), np.asarray(idx)
+
+
+def _mask(k: int, t: int) -> np.ndarray:
     mask = np.zeros(t, bool)
-    mask[: len(idx)] = True
-    return out, mask, np.asarray(idx)
+    mask[:k] = True
+    return mask
+
+
+def _video_input(study: Any, prep: Any, frames: int | None, sampling: str, progress: bool,
+                 cache: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`sequence_input` for a video read lazily: the cache, else decode only the sampled frames."""
+    from meddx.transforms.prepare import file_cache_key, load_cached_arrays, save_cached_arrays
+
+    want = None if sampling == "all" else frames
+    settings = {"v": _CACHE_VERSION, "preprocessing": prep.get_config(), "frames": want, "sampling": sampling}
+    key = file_cache_key(study.path, settings) if cache else None
+    hit = load_cached_arrays(key, FRAMES_CACHE) if key else None
+    if hit is not None and {"x", "idx"} <= hit.keys() and tuple(hit["x"].shape[1:]) == tuple(prep.output_shape):
+        x, idx = hit["x"].astype(np.float32, copy=False), hit["idx"].astype(np.int64, copy=False)
+        return x, _mask(len(idx), len(x)), idx
+    check_frames(study)
+    sampled = study.sample(lambda n: sample_frames(n, want, sampling))
+    out, mask, idx = _assemble(prep.batch(sampled.frames, progress=progress), sampled.indices, frames, sampling)
+    if key and out.nbytes <= _CACHE_MAX_BYTES:
+        save_cached_arrays(key, FRAMES_CACHE, {"x": out, "idx": idx, "n_frames": np.int64(sampled.n_frames)})
+    return out, mask, idx
 
 
 def read_study(path: str | Path) -> Any:
     """A study as an `Image`: anything `meddx.io.read_image` reads, or a folder of numbered slice images
-    (PNG/TIFF/JPEG, ordered by slice number) as a sequence of 2D frames."""
+    (PNG/TIFF/JPEG, ordered by slice number) as a sequence of 2D frames. A video or GIF comes back unread, as a
+    `meddx.io.video.VideoStudy` (decoded when its frames are used; a damaged file is an InputError then)."""
     from meddx.io import read_image
     from meddx.io.image import Image
 
@@ -63,4 +109,11 @@ def read_study(path: str | Path) -> Any:
         seq = load_sequence(p, normalise=False)
         frames = np.asarray(seq.frames)
         return Image(frames, spatial_ndim=2, has_channels=frames.ndim == 4, is_sequence=True, source=str(p))
+    if p.is_file() and p.stat().st_size > 0:
+        from meddx.io.readers import detect_format
+
+        if detect_format(p) in ("video", "gif"):
+            from meddx.io.video import VideoStudy
+
+            return VideoStudy(p)
     return read_image(p)

@@ -36,6 +36,42 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("MEDDX_CACHE", Path.home() / ".cache" / "meddx"))
 
 
+def file_cache_key(path: str | Path, settings: dict[str, Any]) -> str:
+    """Key of one file's derived arrays: its absolute path, size and mtime plus `settings` (JSON-able: the
+    preprocessing and how the file was read), so editing or replacing the file, or changing a setting, misses."""
+    p = Path(path)
+    st = os.stat(p)
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def load_cached_arrays(key: str, kind: str) -> dict[str, np.ndarray] | None:
+    """The arrays `save_cached_arrays(key, kind, ...)` stored (cache folder `_cache_dir()/kind`), or None."""
+    f = _cache_dir() / kind / f"{key}.npz"
+    if not f.is_file():
+        return None
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            return {name: z[name] for name in z.files}
+    except (OSError, ValueError, EOFError):
+        return None  # a damaged entry is a miss (it is rewritten)
+
+
+def save_cached_arrays(key: str, kind: str, arrays: dict[str, np.ndarray]) -> bool:
+    """Store `arrays` under `_cache_dir()/kind/<key>.npz` (temporary name, then rename); False when the cache
+    folder is not writable (a read-only home must not stop training)."""
+    folder = _cache_dir() / kind
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{key}.tmp{os.getpid()}.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, folder / f"{key}.npz")
+        return True
+    except OSError:
+        return False
+
+
 def _cache_key(ds: Dataset, prep_config: dict[str, Any]) -> str | None:
     """Content key over file paths, sizes and mtimes plus the preprocessing (None for in-memory data)."""
     if not ds.items or isinstance(ds.items[0], np.ndarray):
