@@ -14,6 +14,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDDX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Preprocessing and frame caches go to a temporary folder, not the user's ~/.cache/meddx (unless
+    MEDDX_CACHE is set by the caller)."""
+    if "MEDDX_CACHE" in os.environ:
+        yield
+        return
+    os.environ["MEDDX_CACHE"] = str(tmp_path_factory.mktemp("meddx-cache"))
+    try:
+        yield
+    finally:
+        os.environ.pop("MEDDX_CACHE", None)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path to ../shared/data; skips the test when the real data is not there."""

@@ -107,7 +107,8 @@ def _same_as_full(path: Path, k: int = 16) -> None:
 # -- sampled decoding == full decode ------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,codec,fmt,n", [("h264.mp4", "libx264", None, 37), ("mpeg4.avi", "mpeg4", None, 23),
-                                             ("h264.mov", "libx264", None, 9), ("mpeg2.mpeg", "mpeg2video", "mpeg", 41)])
+                                             ("h264.mov", "libx264", None, 9),
+                                             ("mpeg2.mpeg", "mpeg2video", "mpeg", 41)])
 def test_sampled_frames_equal_full_decode(tmp_path: Path, name: str, codec: str, fmt: str | None, n: int) -> None:
     path = write_video(tmp_path / name, _frames(n), codec=codec, fmt=fmt, fps=25 if codec == "mpeg2video" else 10)
     _same_as_full(path, 16)

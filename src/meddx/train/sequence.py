@@ -133,7 +133,7 @@ def sequence_preprocessing(ds: Dataset, cfg: TrainConfig) -> Any:
     with naming(ds.items[0]):
         first = read_study(ds.items[0])
         check_frames(first)
-    native = tuple(int(s) for s in first.array.shape[1:3])
+    native = tuple(int(s) for s in first.spatial_shape[-2:])  # (y, x) of a frame; a video stays undecoded
     size = cfg.image_size or min(max(native), model_spec(cfg.model).default_size[3])
     return Preprocessing(spatial_ndim=2, image_size=size, channels=model_channels(cfg, first.n_channels),
                          intensity=cfg.intensity or "minmax", select_channels=cfg.select_channels)
