@@ -289,3 +289,17 @@ def test_tf_function_for_masks_and_sequences() -> None:
     for batch in out:
         b = batch.numpy()
         assert all(np.array_equal(b[:, f], b[:, 0]) for f in range(3))
+
+
+def test_sequence_padding_frames_stay_zero_under_every_preset() -> None:
+    """Sequence models mask frames that are exactly all 0; augmentation must not bring them back."""
+    from meddx.transforms.augment import Augmenter
+
+    rng = np.random.default_rng(0)
+    seqs = rng.random((3, 6, 16, 16, 1)).astype(np.float32) + 0.1
+    seqs[:, 4:] = 0.0  # two padding frames per sequence
+    for preset in ("flip", "light", "strong"):
+        out = Augmenter.from_preset(preset, 2, seed=1).apply_sequences(seqs.copy())
+        assert out.shape == seqs.shape
+        assert not out[:, 4:].any(), preset
+        assert out[:, :4].reshape(3, 4, -1).any(axis=2).all(), preset  # real frames are not blanked

@@ -155,11 +155,12 @@ def _make_callbacks(run_dir: Path, x_val: np.ndarray, y_val: np.ndarray, task: s
 
 
 def make_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augmenter: Any | None,
-                    sample_weight: np.ndarray | None = None) -> Any:
+                    sample_weight: np.ndarray | None = None, sequences: bool = False) -> Any:
     """Shuffled, batched, augmented, prefetched tf.data pipeline over in-memory arrays.
 
     `sample_weight` (N,) rides along as a third element: class balancing precomputed once, which is
     cheaper than Keras's per-batch `class_weight` lookup (measured in benchmarks/training_throughput.py).
+    `sequences`: x is (N, T, *spatial, C) and each sequence's frames are augmented alike.
     """
     import tensorflow as tf
 
@@ -167,7 +168,7 @@ def make_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, au
     ds = tf.data.Dataset.from_tensor_slices(tensors)
     ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     if augmenter is not None:
-        aug = augmenter.as_tf_function()
+        aug = augmenter.as_tf_function(sequences=True) if sequences else augmenter.as_tf_function()
         ds = ds.map(lambda a, *rest: (aug(a), *rest), num_parallel_calls=1, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -270,12 +271,7 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
         f"batch {cfg.batch_size}, {'resuming' if resuming else 'new run'}) -> {run_dir}")
     callbacks = _make_callbacks(run_dir, x_va, y_va, ds.task, cfg.patience, cfg.max_minutes, cfg.batch_size)
     callbacks += list(extra_callbacks or [])
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    t0 = time.monotonic()
-    if verbose == "auto":
-        verbose = 1 if sys.stdout.isatty() else 2
-    model.fit(train_ds, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
-    train_seconds = time.monotonic() - t0
+    train_seconds = fit_model(model, train_ds, epochs, callbacks, verbose, run_dir)
     best = callbacks[1]
 
     # Operating point and validation metrics from the selected (best) weights.
@@ -300,11 +296,16 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
         "val_metrics": val_metrics,
     }
     write_run_folder(run_dir, ds, splits, model, info, title=f"{cfg.model} on {Path(str(ds.source)).name}", log=log)
-    auc = val_metrics.get("auc")
-    log(f"done in {train_seconds / 60:.1f} min (best epoch {info['best_epoch']}/{info['epochs_run']}): "
-        f"validation AUC {auc if auc is None else round(auc, 4)} "
-        f"{val_metrics.get('auc_ci')}, accuracy {val_metrics.get('accuracy'):.4f}")
+    log_done(info, train_seconds, log)
     return info
+
+
+def log_done(info: dict[str, Any], seconds: float, log: Callable[[str], None]) -> None:
+    """The closing line of a classifier's training: time, best epoch, validation AUC with CI and accuracy."""
+    vm = info["val_metrics"]
+    auc = vm.get("auc")
+    log(f"done in {seconds / 60:.1f} min (best epoch {info['best_epoch']}/{info['epochs_run']}): validation AUC "
+        f"{auc if auc is None else round(auc, 4)} {vm.get('auc_ci')}, accuracy {vm.get('accuracy'):.4f}")
 
 
 def compile_model(cfg: TrainConfig, shape: tuple[Any, ...], ds: Dataset, epochs: int, steps: int) -> Any:
@@ -337,6 +338,17 @@ def validation_results(model: Any, x_va: np.ndarray, ds: Dataset, va: np.ndarray
     metrics = classification_metrics(y, probs, ds.class_names, task=ds.task,
                                      threshold=0.5 if threshold is None else threshold, groups=groups, seed=cfg.seed)
     return threshold, metrics
+
+
+def fit_model(model: Any, train_ds: Any, epochs: int, callbacks: list[Any], verbose: int | str, run_dir: Path) -> float:
+    """`model.fit` with the RUN's checkpoint folder in place; one line per epoch when not on a terminal. Returns
+    the training seconds."""
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    t0 = time.monotonic()
+    model.fit(train_ds, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    return time.monotonic() - t0
 
 
 def split_cases(ds: Dataset, cfg: TrainConfig, log: Callable[[str], None]) -> tuple[np.ndarray, ...]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +27,7 @@ from meddx.models.runtime import configure_tensorflow
 from meddx.train.config import TrainConfig, auto_epochs
 from meddx.train.fit import (_make_callbacks, _read_history, check_run_dir, class_sample_weights, encode_labels,
                              make_tf_dataset, model_channels, split_cases, write_run_folder,
-                             compile_model, validation_results)
+                             compile_model, fit_model, log_done, validation_results)
 from meddx.transforms.frames import check_frames, read_study, sequence_input
 
 LOGGER = logging.getLogger("meddx")
@@ -151,25 +150,6 @@ def read_sequences(ds: Dataset, idx: np.ndarray, prep: Any, cfg: TrainConfig) ->
     return pad_sequences(seqs)[0].astype(np.float32, copy=False)
 
 
-class SequenceFlip:
-    """Left-right flip of whole sequences (every frame alike) with probability 1/2, as a tf.data map function."""
-
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
-
-    def as_tf_function(self) -> Callable[[Any], Any]:
-        """The batch (N, T, H, W, C) -> batch function `make_tf_dataset` maps."""
-        import tensorflow as tf
-
-        seed = self.seed
-
-        def flip(x: Any) -> Any:
-            coin = tf.random.uniform([tf.shape(x)[0], 1, 1, 1, 1], seed=seed) < 0.5
-            return tf.where(coin, tf.reverse(x, axis=[3]), x)
-
-        return flip
-
-
 def batch_size_for(n_train: int, cfg: TrainConfig) -> int:
     """cfg.batch_size, made smaller when needed so an epoch takes at least MIN_STEPS_PER_EPOCH steps."""
     return int(max(2, min(cfg.batch_size, math.ceil(n_train / MIN_STEPS_PER_EPOCH))))
@@ -222,26 +202,21 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
     epochs = cfg.epochs or auto_epochs(len(tr), batch, target_steps=300, lo=10, hi=60)
     shape = (cfg.frames if cfg.frame_sampling == "uniform" else None, *prep.output_shape)
     model = compile_model(cfg, shape, ds, epochs, steps)
-    augmenter = None if cfg.augment == "none" else SequenceFlip(cfg.seed)
+    from meddx.transforms.augment import Augmenter
+
+    # the one preset table (transforms/augment.py): every frame of a study gets the same draw
+    augmenter = None if cfg.augment == "none" else Augmenter.from_preset(cfg.augment, 2, seed=cfg.seed)
     weights = class_sample_weights(y_tr, ds.task) if cfg.class_weights else None
-    train_ds = make_tf_dataset(x_tr, y_tr, batch, cfg.seed, augmenter, sample_weight=weights)
+    train_ds = make_tf_dataset(x_tr, y_tr, batch, cfg.seed, augmenter, sample_weight=weights, sequences=True)
     log(f"training {cfg.model} for up to {epochs} epochs ({len(tr)} train / {len(va)} val studies, batch {batch}, "
-        f"augment {'left-right flips' if augmenter else 'none'}, {'resuming' if resuming else 'new run'}) -> {run_dir}")
+        f"augment {cfg.augment}, {'resuming' if resuming else 'new run'}) -> {run_dir}")
     callbacks = _make_callbacks(run_dir, x_va, y_va, ds.task, cfg.patience, cfg.max_minutes, batch)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    t0 = time.monotonic()
-    if verbose == "auto":
-        verbose = 1 if sys.stdout.isatty() else 2
-    model.fit(train_ds, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
-    seconds = time.monotonic() - t0
+    seconds = fit_model(model, train_ds, epochs, callbacks, verbose, run_dir)
 
     threshold, val_metrics = validation_results(model, x_va, ds, va, cfg, batch_size=16)
     info = run_description(cfg, ds, prep, shape, epochs, batch, run_dir)
     info.update(threshold=threshold, best_epoch=int(callbacks[1].best_epoch) + 1, training_seconds=round(seconds, 1),
                 data={"source": str(ds.source), "kind": ds.kind, "summary": summary}, val_metrics=val_metrics)
     write_run_folder(run_dir, ds, splits, model, info, title=f"{cfg.model} on {Path(str(ds.source)).name}", log=log)
-    auc = val_metrics.get("auc")
-    log(f"done in {seconds / 60:.1f} min (best epoch {info['best_epoch']}/{info['epochs_run']}): validation AUC "
-        f"{auc if auc is None else round(auc, 4)} {val_metrics.get('auc_ci')}, accuracy "
-        f"{val_metrics.get('accuracy'):.4f}")
+    log_done(info, seconds, log)
     return info

@@ -557,18 +557,24 @@ class Augmenter(Transform):
 
     def apply_sequences(self, batch: Any, mask: Any = None, rng: np.random.Generator | None = None) -> Any:
         """Batches of sequences (N, T, *spatial, C) (masks (N, T, *spatial[, Cm])): one draw per sequence,
-        applied alike to each of its T frames, so a clip's frames or a stack's slices move together."""
+        applied alike to each of its T frames, so a clip's frames or a stack's slices move together. Padding
+        frames (exactly all 0, as `meddx.data.sequences.pad_sequences` writes them) stay all 0, so the sequence
+        models still mask them out."""
         seq = np.asarray(batch)
         if seq.ndim < 3:
             raise InputError(f"expected sequences (N, T, *spatial, C), got shape {tuple(seq.shape)}")
         n, t = seq.shape[:2]
         flat = self._check(seq.reshape(n * t, *seq.shape[2:]))
+        padding = ~flat.reshape(n * t, -1).any(axis=1)
         params = [[p for p in per_seq for _ in range(t)] for per_seq in self.sample((n, *flat.shape[1:]), rng)]
         masks = None if mask is None else np.asarray(mask).reshape(n * t, *np.shape(mask)[2:])
         out = self.apply(flat, params, masks)
+        images = out if mask is None else out[0]
+        if padding.any():
+            images[padding] = 0
         if mask is None:
-            return out.reshape(n, t, *out.shape[1:])
-        return out[0].reshape(n, t, *out[0].shape[1:]), out[1].reshape(n, t, *out[1].shape[1:])
+            return images.reshape(n, t, *images.shape[1:])
+        return images.reshape(n, t, *images.shape[1:]), out[1].reshape(n, t, *out[1].shape[1:])
 
     def output_shape(self, batch_shape: Sequence[Any], spatial_ndim: int | None = None) -> list[Any]:
         """The shape of a batch (or mask batch) coming out for `batch_shape` going in."""
