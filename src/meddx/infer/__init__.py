@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from meddx.infer.base import Predictor, read_run
+from meddx.infer.base import Predictor, load_keras_parts, read_run_info
 from meddx.infer.classifier import Classifier
 from meddx.infer.prediction import Prediction
 from meddx.infer.segmenter import Segmenter
 from meddx.infer.sequence import SequenceClassifier
 from meddx.infer.slice_labeller import SliceLabeller
-from meddx.io.run_info import RUN_FILE, RunInfo
+from meddx.io.run_info import RunInfo
 
 PREDICTORS: dict[str, type[Predictor]] = {
     "classifier": Classifier, "segmenter": Segmenter, "sequence_classifier": SequenceClassifier,
@@ -34,13 +34,13 @@ def load(run_dir: str | Path, tta: bool = False, stack_min_fraction: float | Non
     constructor (e.g. `heatmaps=False` for a classifier)."""
     from meddx.errors import ConfigError
 
-    kind = RunInfo.read(run_dir).kind if (Path(run_dir) / RUN_FILE).is_file() else None
-    if kind in OWN_LOADERS:
-        if tta or stack_min_fraction is not None:
-            raise ConfigError("--tta and --stack-min-fraction apply to segmentation runs only", run_dir)
-        return PREDICTORS[kind].load(run_dir, **options)
-    info, model, prep, path = read_run(run_dir)
+    info, path = read_run_info(run_dir)
     cls = PREDICTORS[info.kind]
+    if info.kind in OWN_LOADERS:
+        if tta or stack_min_fraction is not None:
+            raise ConfigError("--tta and --stack-min-fraction apply to segmentation runs only", path)
+        return cls.from_info(info, path, **options)
+    model, prep = load_keras_parts(info, path)
     if cls is Segmenter:
         options.update(tta=tta, stack_min_fraction=stack_min_fraction)
     elif tta:

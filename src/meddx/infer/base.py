@@ -62,9 +62,8 @@ class Predictor:
         return [self.predict(img, **options) for img in images]
 
 
-def read_run(run_dir: str | Path) -> tuple[RunInfo, Any, Any, Path]:
-    """(RunInfo, Keras model loaded with safe_mode, Preprocessing, path) of a RUN folder; clear errors when
-    it is incomplete."""
+def read_run_info(run_dir: str | Path) -> tuple[RunInfo, Path]:
+    """(RunInfo, path) of a RUN folder, with one-line errors when the folder or its run.json is missing."""
     p = Path(run_dir)
     if not p.is_dir():
         raise InputError("RUN folder does not exist", p)
@@ -72,9 +71,13 @@ def read_run(run_dir: str | Path) -> tuple[RunInfo, Any, Any, Path]:
         hint = " (training was interrupted? run `meddx train` again with the same --out to resume)" \
             if (p / "backup").is_dir() else ""
         raise InputError(f"not a meddx RUN folder: {RUN_FILE} is missing{hint}", p)
+    return RunInfo.read(p), p
+
+
+def load_keras_parts(info: RunInfo, p: Path) -> tuple[Any, Any]:
+    """(Keras model loaded with safe_mode, Preprocessing) of a RUN whose run.json is `info`."""
     if not (p / MODEL_FILE).is_file():
         raise InputError(f"RUN folder lacks {MODEL_FILE}", p)
-    info = RunInfo.read(p)
     from meddx.models.runtime import configure_tensorflow
 
     configure_tensorflow(inter_op=1)  # inference: measured fastest (benchmarks/threads.py)
@@ -89,4 +92,12 @@ def read_run(run_dir: str | Path) -> tuple[RunInfo, Any, Any, Path]:
         prep = Preprocessing.from_config(info.preprocessing)
     except (TypeError, ValueError, KeyError) as exc:
         raise InputError(f"{RUN_FILE} has unusable preprocessing: {exc}", p) from None
+    return model, prep
+
+
+def read_run(run_dir: str | Path) -> tuple[RunInfo, Any, Any, Path]:
+    """(RunInfo, Keras model loaded with safe_mode, Preprocessing, path) of a RUN folder; clear errors when
+    it is incomplete."""
+    info, p = read_run_info(run_dir)
+    model, prep = load_keras_parts(info, p)
     return info, model, prep, p

@@ -15,10 +15,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from meddx.errors import InputError
-from meddx.infer.base import Predictor
+from meddx.infer.base import Predictor, read_run_info
 from meddx.infer.display import grey_display
 from meddx.infer.prediction import Prediction
-from meddx.io.run_info import RUN_FILE, RunInfo
+from meddx.io.run_info import RunInfo
 
 __all__ = ["SliceLabeller", "stack_array"]
 
@@ -50,14 +50,14 @@ class SliceLabeller(Predictor):
     @classmethod
     def load(cls, run_dir: str | Path, **options: Any) -> "SliceLabeller":
         """The RUN in `run_dir`; clear one-line errors when it is not a complete slice-labelling RUN."""
+        info, p = read_run_info(run_dir)
+        return cls.from_info(info, p, **options)
+
+    @classmethod
+    def from_info(cls, info: RunInfo, p: Path, **options: Any) -> "SliceLabeller":
+        """The slice labeller whose run.json (`info`) was read from the RUN folder `p`: its scorer and smoother."""
         from meddx.classic.slice_export import LinearSliceClassifier, load_scorer, load_smoother
 
-        p = Path(run_dir)
-        if not p.is_dir():
-            raise InputError("RUN folder does not exist", p)
-        if not (p / RUN_FILE).is_file():
-            raise InputError(f"not a meddx RUN folder: {RUN_FILE} is missing", p)
-        info = RunInfo.read(p)
         if info.kind != cls.kind:
             raise InputError(f"is a {info.kind} RUN, not a {cls.kind}", p)
         s = info.slice_labelling
