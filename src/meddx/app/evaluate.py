@@ -80,20 +80,13 @@ def evaluate_classifier(predictor: Any, data: str | Path, out: str | Path, split
                         report: bool = False, log: Log | None = None) -> dict[str, Any]:
     """metrics.json (AUC + CI, accuracy, calibration, per class; Grad-CAM localisation where masks exist) + plots."""
     from meddx.transforms.prepare import load_masks, materialise
-    from meddx.evaluate.plots import write_classification_outputs
 
     log = logger_or(log)
     ds = dataset_for_run(predictor, data)
     idx = split_indices(predictor, ds, split, log)
     sub = ds.subset(idx)
     x = materialise(sub, predictor.preprocessing)
-    probs = predictor.predict_proba(x)
-    threshold = predictor.threshold if predictor.threshold is not None else 0.5
-    metrics = write_classification_outputs(sub.labels, probs, predictor.class_names, predictor.task, out,
-                                           threshold=threshold, groups=sub.patient_ids,
-                                           seed=predictor.info.config.get("seed", 0))
-    metrics["split"] = split
-    metrics["data"] = str(ds.source)
+    metrics = _score_split(predictor, ds, sub, predictor.predict_proba(x), out, split)
     masks = load_masks(sub, tuple(predictor.preprocessing.output_shape[:-1]))
     if masks is not None and predictor.task == "binary":
         metrics["localisation"] = _heatmap_localisation(predictor, x, sub.labels, masks)
@@ -109,7 +102,6 @@ def evaluate_classifier(predictor: Any, data: str | Path, out: str | Path, split
 def evaluate_sequences(predictor: Any, data: Any, out: str | Path, split: str = "test",
                        log: Log | None = None) -> dict[str, Any]:
     """metrics.json (AUC + CI grouped by patient, accuracy, calibration, per class) + plots for a sequence RUN."""
-    from meddx.evaluate.plots import write_classification_outputs
     from meddx.models.outputs import logits_to_probs
     from meddx.transforms.frames import read_study
 
@@ -125,14 +117,24 @@ def evaluate_sequences(predictor: Any, data: Any, out: str | Path, split: str = 
         logits = predictor.predict_logits(np.concatenate(xs), batch_size=16)
     else:
         logits = np.concatenate([predictor.predict_logits(x) for x in xs])
-    probs = logits_to_probs(logits, predictor.task)
+    metrics = _score_split(predictor, ds, sub, logits_to_probs(logits, predictor.task), out, split)
+    metrics["frames"] = predictor.info.to_dict()["sequence"]
+    atomic_write_json(Path(out) / "metrics.json", metrics)
+    _log_metrics(metrics, out, log)
+    return metrics
+
+
+def _score_split(predictor: Any, ds: Any, sub: Any, probs: np.ndarray, out: str | Path,
+                 split: str) -> dict[str, Any]:
+    """Metrics and plots of one split's class probabilities at the RUN's threshold (CIs grouped by patient),
+    with the split and DATA recorded."""
+    from meddx.evaluate.plots import write_classification_outputs
+
     threshold = predictor.threshold if predictor.threshold is not None else 0.5
     metrics = write_classification_outputs(sub.labels, probs, predictor.class_names, predictor.task, out,
                                            threshold=threshold, groups=sub.patient_ids,
                                            seed=predictor.info.config.get("seed", 0))
-    metrics.update(split=split, data=str(ds.source), frames=predictor.info.to_dict()["sequence"])
-    atomic_write_json(Path(out) / "metrics.json", metrics)
-    _log_metrics(metrics, out, log)
+    metrics.update(split=split, data=str(ds.source))
     return metrics
 
 
