@@ -1,0 +1,1 @@
+"""`meddx serve`: the HTTP inference service (FastAPI) and the clinicians' web viewer, over in-memory predictors."""
