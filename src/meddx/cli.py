@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", type=float, help="stop training cleanly after this many minutes")
     t.add_argument("--config", help="JSON or TOML file of training settings (options given here override it)")
     t.add_argument("--seed", type=int)
+    t.add_argument("--devices", help="data-parallel training over N devices (GPUs, else N logical CPU devices) or "
+                                     "'all' (tf.distribute.MirroredStrategy; default: one device)")
+    t.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation, folds grouped by patient")
+    t.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="run cross-validation folds here one after another (local) or as parallel Ray tasks")
+    t.add_argument("--allow-rare-classes", action="store_true", dest="allow_rare_classes",
+                   help="train even when a class has too few cases to learn or validate")
     t.add_argument("--overwrite", action="store_true",
                    help="replace a finished RUN in --out, or start again an interrupted one begun with other settings")
 
@@ -96,8 +103,19 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="predictions.csv for images, volumes or DICOM series")
     pr.add_argument("run")
-    pr.add_argument("inputs", nargs="+", metavar="INPUT")
+    pr.add_argument("inputs", nargs="*", metavar="INPUT")
+    pr.add_argument("--manifest", help="CSV of studies (a `path` column; relative paths resolve against the CSV's "
+                                       "folder) instead of, or beside, INPUT")
     pr.add_argument("--out", required=True)
+    pr.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="predict here (local, default) or on a Ray cluster (pip install meddx[ray])")
+    pr.add_argument("--address", help="Ray cluster address (auto, ray://host:port; default: a local Ray)")
+    pr.add_argument("--runtime", choices=["keras", "onnx", "openvino"], default="keras",
+                    help="run the RUN's exported model (meddx export) instead of Keras")
+    pr.add_argument("--allow-ood", action="store_true", dest="allow_ood",
+                    help="give a diagnosis even for inputs outside the model's training distribution")
+    pr.add_argument("--include-phi", action="store_true", dest="include_phi",
+                    help="name studies by their input paths in outputs (default: study_001 ...)")
     pr.add_argument("--heatmaps", action="store_true", help="also write Grad-CAM heatmaps, overlays and lesions.csv")
     pr.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "occlusion"])
     pr.add_argument("--tta", action="store_true", help=TTA_HELP)
@@ -109,6 +127,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--include-phi", action="store_true", help="show patient identifiers (off by default)")
     r.add_argument("--no-dicom", action="store_true", help="skip DICOM SEG/SR outputs")
     r.add_argument("--tta", action="store_true", help=TTA_HELP)
+    r.add_argument("--allow-ood", action="store_true", dest="allow_ood",
+                   help="give a diagnosis even for inputs outside the model's training distribution")
+    r.add_argument("--deidentify-dicom", action="store_true", dest="deidentify_dicom",
+                   help="write DICOM SEG/SR with the PS3.15 basic de-identification profile applied")
 
     i = sub.add_parser("info", help="what the reader sees: shape, spacing, orientation, modality, range")
     i.add_argument("input")
@@ -120,6 +142,40 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--root", help="folder (default ~/.meddx/medmnist or $MEDDX_DATA)")
 
     sub.add_parser("models", help="list the registered models")
+
+    ex = sub.add_parser("export", help="export a RUN's model (SavedModel, ONNX, OpenVINO, LiteRT) with a parity check")
+    ex.add_argument("run")
+    ex.add_argument("--format", required=True, choices=["savedmodel", "onnx", "openvino", "litert"], dest="fmt")
+    ex.add_argument("--out", required=True, help="file or folder to write")
+    ex.add_argument("--tolerance", type=float, help="largest accepted |exported - Keras| output difference")
+
+    sv = sub.add_parser("serve", help="HTTP inference service + web viewer (loopback, bearer token required)")
+    sv.add_argument("runs", nargs="+", metavar="RUN")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--token-file", dest="token_file", help="file holding the bearer token (else $MEDDX_TOKEN)")
+    sv.add_argument("--workers", type=int, default=2, help="inference worker threads (default 2)")
+    sv.add_argument("--queue", type=int, default=32, help="requests waiting beyond this answer 503 (default 32)")
+    sv.add_argument("--max-upload-mb", type=float, default=512, dest="max_upload_mb")
+    sv.add_argument("--results", help="folder of processed studies the viewer lists (default: a temporary one)")
+    sv.add_argument("--orthanc", help="Orthanc URL the viewer links studies to")
+
+    pc = sub.add_parser("pacs", help="a loopback Orthanc PACS, and a watcher that runs models on its new studies")
+    psub = pc.add_subparsers(dest="pacs_command", metavar="ACTION", required=True)
+    po = psub.add_parser("orthanc", help="write an Orthanc configuration and run Orthanc in the foreground")
+    po.add_argument("--storage", required=True, help="folder for Orthanc's database and configuration")
+    po.add_argument("--http-port", type=int, default=8042, dest="http_port")
+    po.add_argument("--dicom-port", type=int, default=4242, dest="dicom_port")
+    po.add_argument("--credentials", help="file with user:password for Orthanc's HTTP API (default: generated in "
+                                          "--storage)")
+    pw = psub.add_parser("watch", help="follow Orthanc's changes; predict each new stable study; store SR/SEG/PDF")
+    pw.add_argument("--orthanc", required=True, help="Orthanc URL, e.g. http://127.0.0.1:8042")
+    pw.add_argument("--model", required=True, action="append", dest="models", metavar="RUN",
+                    help="a RUN (repeat for several; --routing chooses among them)")
+    pw.add_argument("--routing", help="YAML rules: which RUN for which modality / body part / series description")
+    pw.add_argument("--credentials", help="file with user:password for Orthanc")
+    pw.add_argument("--state", help="folder keeping the watcher's position and processed studies")
+    pw.add_argument("--once", action="store_true", help="process what is there now, then exit")
 
     cmp_ = sub.add_parser("compare", help="train several models on the same split; AUC/CI/time table + ROC plot")
     cmp_.add_argument("data")
@@ -166,11 +222,18 @@ def _run(args: argparse.Namespace) -> int:
                                                          "augment", "intensity", "max_minutes", "seed",
                                                          "select_channels", "channel_dropout", "lesion_fade",
                                                          "seg_loss", "patch_size", "stack_min_fraction",
-                                                         "frames", "frame_sampling", "smoother")},
+                                                         "frames", "frame_sampling", "smoother", "devices",
+                                                         "allow_rare_classes")},
                           source="command line")
         cfg = cfg.updated({"image_size": args.image_size})
         from meddx.app.common import choose_trainer
 
+        if args.folds:
+            from meddx.app.crossval import cross_validate
+
+            cross_validate(args.data, args.out, cfg, folds=args.folds, engine=args.engine, model=args.model,
+                           overwrite=args.overwrite)
+            return 0
         fit, cfg = choose_trainer(args.data, cfg, args.model)
         fit(args.data, args.out, cfg, overwrite=args.overwrite)
         return 0
@@ -183,18 +246,42 @@ def _run(args: argparse.Namespace) -> int:
     if cmd == "predict":
         from meddx.app import predict_inputs
 
-        predict_inputs(args.run, args.inputs, args.out, heatmaps=args.heatmaps, method=args.method, tta=args.tta)
+        predict_inputs(args.run, args.inputs, args.out, heatmaps=args.heatmaps, method=args.method, tta=args.tta,
+                       manifest=args.manifest, engine=args.engine, address=args.address, runtime=args.runtime,
+                       allow_ood=args.allow_ood, include_phi=args.include_phi)
         return 0
     if cmd == "report":
         from meddx.app import report_studies
 
         report_studies(args.run, args.inputs, args.out, include_phi=args.include_phi, dicom=not args.no_dicom,
-                       tta=args.tta)
+                       tta=args.tta, allow_ood=args.allow_ood, deidentify_dicom=args.deidentify_dicom)
         return 0
     if cmd == "demo":
         from meddx.app import run_demo
 
         run_demo(args.out, data=args.data, n=args.n, minutes=args.minutes, epochs=args.epochs, seed=args.seed)
+        return 0
+    if cmd == "export":
+        from meddx.app.export import export_run
+
+        export_run(args.run, args.fmt, args.out, tolerance=args.tolerance)
+        return 0
+    if cmd == "serve":
+        from meddx.service.server import serve
+
+        serve(args.runs, host=args.host, port=args.port, token_file=args.token_file, workers=args.workers,
+              queue=args.queue, max_upload_mb=args.max_upload_mb, results=args.results, orthanc_url=args.orthanc)
+        return 0
+    if cmd == "pacs" and args.pacs_command == "orthanc":
+        from meddx.pacs.orthanc import run_orthanc
+
+        return run_orthanc(args.storage, http_port=args.http_port, dicom_port=args.dicom_port,
+                           credentials=args.credentials)
+    if cmd == "pacs" and args.pacs_command == "watch":
+        from meddx.pacs.watch import watch
+
+        watch(args.orthanc, args.models, routing=args.routing, credentials=args.credentials, state=args.state,
+              once=args.once)
         return 0
     if cmd == "compare":
         from meddx.app.compare import compare_models
@@ -204,7 +291,7 @@ def _run(args: argparse.Namespace) -> int:
     return 1
 
 
-TF_COMMANDS = ("train", "evaluate", "predict", "report", "demo", "compare")
+TF_COMMANDS = ("train", "evaluate", "predict", "report", "demo", "compare", "export", "serve", "pacs")
 
 
 class _Levels(logging.Filter):

@@ -9,19 +9,25 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from meddx.app.common import Log, expand_inputs, logger_or, read_input, reads_sequences, safe_stem, write_csv
-from meddx.errors import MeddxError, naming
+from meddx.errors import ConfigError, MeddxError, naming
 from meddx.utils import atomic_path
 
 BATCH = 32  # single images read and predicted together
 
 
 def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, heatmaps: bool = False,
-                   method: str = "gradcam", tta: bool = False, log: Log | None = None) -> Path:
+                   method: str = "gradcam", tta: bool = False, log: Log | None = None, manifest: str | None = None,
+                   engine: str = "local", address: str | None = None, runtime: str = "keras",
+                   allow_ood: bool = False, include_phi: bool = False) -> Path:
     """predictions.csv for every input (+ heatmap .npy, overlay PNG and lesions.csv with --heatmaps; `tta`:
     flip test-time augmentation, segmentation runs)."""
     from meddx.infer import load
 
     log = logger_or(log)
+    if manifest is not None or engine != "local" or runtime != "keras":
+        raise ConfigError("--manifest, --engine ray and --runtime are not available in this build yet")
+    if not inputs:
+        raise ConfigError("give at least one INPUT (or --manifest STUDIES.csv)")
     predictor = load(run_dir, tta=tta)
     if predictor.kind == "slice_labeller":  # each INPUT is one stack (a folder of slices is not expanded)
         from meddx.app.slice_labelling import predict_stacks

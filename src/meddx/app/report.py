@@ -13,7 +13,8 @@ from meddx.errors import InputError, MeddxError, naming
 
 
 def report_studies(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, include_phi: bool = False,
-                   dicom: bool = True, tta: bool = False, log: Log | None = None) -> dict[str, Any]:
+                   dicom: bool = True, tta: bool = False, log: Log | None = None, allow_ood: bool = False,
+                   deidentify_dicom: bool = False) -> dict[str, Any]:
     """report.html + report.pdf per study (batch: one folder each plus index.html), DICOM SEG/SR when DICOM.
 
     A classifier RUN reports its decision with a Grad-CAM heatmap; a segmentation RUN its lesion mask,

@@ -50,6 +50,8 @@ class TrainConfig:
     frames: int = 16  # sequence models: frames sampled per study (video, cine, slice stack)
     frame_sampling: str = "uniform"  # sequence models: "uniform" (`frames` evenly spaced) or "all" (every frame)
     smoother: str = "hmm"  # slice labelling: "hmm" (2-state HMM, Viterbi) or "crf" (linear-chain CRF)
+    devices: str | None = None  # data-parallel training: "N" devices or "all" (MirroredStrategy); None = one
+    allow_rare_classes: bool = False  # train even when a class has too few cases to learn or validate
     threads: int | None = None  # TF intra-op threads; None = all cores
     model_options: dict[str, Any] | None = None  # extra model-builder arguments (e.g. {"pooling": "max"})
 
