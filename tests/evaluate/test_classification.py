@@ -243,3 +243,34 @@ def test_curve_helpers():
     assert auc(roc["fpr"], roc["tpr"]) == pytest.approx(C.roc_auc(y, p))
     pr = C.pr_points(y, p)
     assert 0 < pr["average_precision"] <= 1 and pr["prevalence"] == pytest.approx(y.mean())
+
+
+def test_accuracy_argmax_known_answers() -> None:
+    """MedMNIST's accuracy: argmax of the probabilities, independent of the operating threshold."""
+    from meddx.evaluate.classification import accuracy_argmax, classification_metrics
+
+    y = np.array([0, 0, 1, 1, 1])
+    p1 = np.array([0.2, 0.6, 0.55, 0.9, 0.4])  # argmax right on 0.2, 0.55, 0.9 -> 3/5
+    assert accuracy_argmax(y, p1, "binary") == pytest.approx(0.6)
+    assert accuracy_argmax(y, np.stack([1 - p1, p1], 1), "binary") == pytest.approx(0.6)
+    m = classification_metrics(y, np.stack([1 - p1, p1], 1), ["a", "b"], threshold=0.95, n_boot=10)
+    assert m["accuracy_argmax"] == pytest.approx(0.6)
+    assert m["accuracy"] == pytest.approx(0.4)  # at 0.95 only the two negatives are right
+    pm = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3], [0.4, 0.35, 0.25]])
+    assert accuracy_argmax([0, 2, 2, 0], pm, "multiclass") == pytest.approx(0.75)
+    assert accuracy_argmax([[1, 0], [0, 1]], [[0.9, 0.4], [0.6, 0.7]], "multilabel") == pytest.approx(0.75)
+
+
+def test_robust_threshold_follows_data_when_large_and_prior_when_small() -> None:
+    """Many validation cases per class: close to Youden's cut; a dozen: pulled toward 0.5."""
+    from meddx.evaluate.classification import robust_threshold, youden_threshold
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(2000, int), np.ones(2000, int)]
+    s = np.r_[rng.normal(0.75, 0.05, 2000), rng.normal(0.95, 0.05, 2000)].clip(0, 1)
+    big = robust_threshold(y, s)
+    assert abs(big - youden_threshold(y, s)) < 0.03 and big > 0.8
+    small = robust_threshold(y[1990:2010], s[1990:2010])
+    assert 0.5 < small < big - 0.1
+    assert robust_threshold(y[1990:2010], s[1990:2010], prior=None) > 0.75
+    assert robust_threshold(np.ones(5, int), np.linspace(0, 1, 5)) == 0.5

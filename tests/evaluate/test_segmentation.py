@@ -133,3 +133,22 @@ def test_masks_touching_the_border_and_small_objects_in_big_volume():
     vol = np.zeros((60, 128, 128), bool)
     vol[20:30, 40:60, 40:60] = True
     assert S.hausdorff95(vol, np.roll(vol, 3, axis=1), spacing=(2.5, 0.7, 0.7)) == pytest.approx(2.1)
+
+
+def test_patient_dice_stacks_each_patients_slices() -> None:
+    """Dice per patient over the stacked volume (not the mean of slice Dices), averaged over patients."""
+    from meddx.evaluate.segmentation import patient_dice
+
+    a1 = np.zeros((4, 4), bool); a1[:2, :2] = True   # 4 px truth
+    p1 = np.zeros((4, 4), bool); p1[:2, :1] = True   # 2 px, all inside
+    empty = np.zeros((4, 4), bool)
+    fp = np.zeros((4, 4), bool); fp[3, 3] = True
+    # patient A: slice 1 Dice 2*2/6, slice 2 empty/empty -> stacked 2*2/(2+4) = 0.667 (mean of slices would be 0.83)
+    # patient B: truth empty, one false-positive pixel -> 0
+    res = patient_dice([p1, empty, fp], [a1, empty, empty], ["A", "A", "B"])
+    assert res["per_patient"]["A"] == pytest.approx(4 / 6)
+    assert res["per_patient"]["B"] == 0.0
+    assert res["mean"] == pytest.approx(2 / 6)
+    assert patient_dice([empty], [empty], ["C"])["mean"] == 1.0
+    odd = patient_dice([p1, np.zeros((2, 2))], [a1, np.zeros((2, 2))], ["D", "D"])
+    assert odd["skipped"] == ["D"] and odd["mean"] is None

@@ -175,7 +175,7 @@ def _log_metrics(metrics: dict[str, Any], out: str | Path, log: Log) -> None:
 def evaluate_segmenter(predictor: Any, data: Any, out: str | Path, split: str = "test",
                        log: Log | None = None) -> dict[str, Any]:
     """out/metrics.json (dice, iou, hd95, asd, lesion sensitivity, FP/image, lesion-slice Dice) + panel PNG."""
-    from meddx.evaluate.segmentation import segmentation_metrics
+    from meddx.evaluate.segmentation import patient_dice, segmentation_metrics
     from meddx.evaluate.segmentation_panel import save_segmentation_panel
     from meddx.infer.display import middle_channel_display
     from meddx.train.seg_data import load_segmentation_dataset, read_pair, spacing_of
@@ -214,8 +214,13 @@ def evaluate_segmenter(predictor: Any, data: Any, out: str | Path, split: str = 
         c["item"] = names[i]
         if ds.patient_ids is not None:
             c["patient_id"] = str(ds.patient_ids[i])
-    if ds.patient_ids is not None and predictor.spatial_ndim == 2 and all(p.shape == preds[0].shape for p in preds):
-        metrics["dice_per_patient"] = _per_patient_dice(preds, truths, ds.patient_ids[idx])
+    if ds.patient_ids is not None and predictor.spatial_ndim == 2:
+        pdice = patient_dice(preds, truths, ds.patient_ids[idx])
+        metrics["patient_dice"] = pdice["mean"]
+        metrics["dice_per_patient"] = pdice["per_patient"]
+        if pdice["skipped"]:
+            log(f"warning: {len(pdice['skipped'])} patient(s) have slices of different shapes; left out of "
+                f"patient_dice")
     metrics.update(split=split, run=str(predictor.path), data=str(ds.source), model=predictor.info.model,
                    tta_flip_axes=list(predictor.tta_axes), seconds=round(time.monotonic() - t0, 1))
     out = Path(out)
@@ -231,17 +236,6 @@ def evaluate_segmenter(predictor: Any, data: Any, out: str | Path, split: str = 
         f"{metrics['units']}, lesion sensitivity {_fmt(metrics['lesion_sensitivity'])}, FP/image "
         f"{_fmt(metrics['fp_per_image'])} -> {out / 'metrics.json'}")
     return metrics
-
-
-def _per_patient_dice(preds: list[np.ndarray], truths: list[np.ndarray], patients: np.ndarray) -> dict[str, float]:
-    """Dice of each patient's slices stacked into one volume."""
-    from meddx.transforms.post import dice_np
-
-    out = {}
-    for p in sorted(set(patients)):
-        k = np.flatnonzero(patients == p)
-        out[str(p)] = dice_np(np.stack([preds[i] for i in k]), np.stack([truths[i] for i in k]))
-    return out
 
 
 def evaluate_slice_labeller(predictor: Any, data: str | Path, out: str | Path, split: str = "test",

@@ -350,6 +350,30 @@ def youden_threshold(y_true: Any, scores: Any) -> float:
     return float(mid) if mid > lower.max() else cut  # adjacent floats: the midpoint rounds onto one of them
 
 
+def robust_threshold(y_true: Any, scores: Any, prior: float | None = 0.5, prior_cases: float = 50.0,
+                     n_boot: int = 200, seed: int = 0) -> float:
+    """Youden operating point that survives small validation sets: the median Youden threshold over bootstrap
+    resamples of the validation cases, shrunk toward `prior` (0.5: the operating point of class-balanced
+    training) with weight n_min / (n_min + `prior_cases`), n_min = cases of the rarer class. With hundreds of
+    cases per class the validation data decide; with a dozen the prior does (`prior=None`: no shrinkage)."""
+    y = _binary_labels(y_true)
+    s = _scores_1d(scores, y.shape[0])
+    n_min = int(min(np.sum(y == 1), np.sum(y == 0)))
+    if n_min == 0:
+        return 0.5 if prior is None else float(prior)
+    rng = np.random.default_rng(seed)
+    cuts = []
+    for _ in range(n_boot):
+        k = rng.integers(0, y.shape[0], y.shape[0])
+        if 0 < y[k].sum() < k.size:
+            cuts.append(youden_threshold(y[k], s[k]))
+    t = float(np.median(cuts)) if cuts else youden_threshold(y, s)
+    if prior is None:
+        return t
+    w = n_min / (n_min + prior_cases)
+    return float(w * t + (1.0 - w) * prior)
+
+
 def threshold_for_sensitivity(y_true: Any, scores: Any, target: float = 0.9) -> float:
     """Highest threshold whose sensitivity is >= ``target`` (screening operating point)."""
     from sklearn.metrics import roc_curve
@@ -479,6 +503,21 @@ def _average_precision(y: np.ndarray, s: np.ndarray) -> float:
 # --------------------------------------------------------------------------- the summary
 
 
+def accuracy_argmax(y_true: Any, probs: Any, task: str = "binary") -> float:
+    """MedMNIST's accuracy: the class of highest probability (binary: positive when p > 0.5, as argmax of
+    [1 - p, p] picks the first class on a tie); multilabel: each label at 0.5, averaged over labels and cases."""
+    p = np.asarray(probs, dtype=np.float64)
+    if task == "binary":
+        y = _binary_labels(y_true)
+        p1 = _positive_probs(p, y.shape[0])
+        return float(np.mean((p1 > 0.5).astype(np.int64) == y))
+    if task == "multilabel":
+        y = np.asarray(y_true, dtype=np.int64).reshape(p.shape)
+        return float(np.mean((p > 0.5).astype(np.int64) == y))
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    return float(np.mean(np.argmax(p, axis=1) == y))
+
+
 def classification_metrics(
     y_true: Any,
     probs: Any,
@@ -493,7 +532,8 @@ def classification_metrics(
 ) -> dict[str, Any]:
     """All classification figures as a JSON-ready dict (see module docstring for conventions).
 
-    Keys: task, class_names, n, auc, auc_ci, accuracy, balanced_accuracy, threshold, per_class,
+    Keys: task, class_names, n, auc, auc_ci, accuracy (at `threshold`), accuracy_argmax (MedMNIST's definition),
+    balanced_accuracy, threshold, per_class,
     confusion_matrix (+ confusion_matrix_rows/cols), ece, brier, calibration, average_precision,
     warnings, bootstrap info; binary adds sensitivity/specificity/ppv/npv/f1 of the positive class.
     Undefined values are None; degenerate data produce ``warnings`` entries, never a crash.
@@ -650,6 +690,7 @@ def classification_metrics(
                       "method": "percentile", "unit": "group" if groups is not None else "case",
                       "n_groups": n_groups},
         "accuracy": accuracy,
+        "accuracy_argmax": accuracy_argmax(y_true, probs_arr, task) if n else None,
         "balanced_accuracy": balanced,
         "average_precision": average_precision,
         "threshold": threshold_out,

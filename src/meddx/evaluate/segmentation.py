@@ -231,6 +231,29 @@ def segmentation_metrics(
                            "(excluded from the means); hd95 = max of directed 95th percentiles"}
 
 
+def patient_dice(preds: Sequence[Any], truths: Sequence[Any], patients: Sequence[Any]) -> dict[str, Any]:
+    """Dice of each patient's slices stacked into one volume, and their mean over patients (the figure Buda et al.
+    2019 report for LGG): {"mean", "per_patient", "n_patients"}. A patient with no lesion in truth or prediction
+    scores 1; a patient whose slices differ in shape cannot be stacked and is left out (counted in "skipped")."""
+    ids = np.asarray([str(p) for p in patients])
+    if not (len(preds) == len(truths) == len(ids)):
+        raise InputError(f"patient_dice: {len(preds)} predictions, {len(truths)} masks, {len(ids)} patient ids")
+    per: dict[str, float] = {}
+    skipped = []
+    for pid in sorted(set(ids.tolist())):
+        k = np.flatnonzero(ids == pid)
+        shapes = {np.shape(preds[i]) for i in k} | {np.shape(truths[i]) for i in k}
+        if len(shapes) != 1:
+            skipped.append(pid)
+            continue
+        pv = np.stack([_mask(preds[i]) for i in k])
+        tv = np.stack([_mask(truths[i]) for i in k])
+        total = int(pv.sum() + tv.sum())
+        per[pid] = 1.0 if total == 0 else float(2.0 * np.logical_and(pv, tv).sum() / total)
+    mean = float(np.mean(list(per.values()))) if per else None
+    return {"mean": mean, "per_patient": per, "n_patients": len(per), "skipped": skipped}
+
+
 def summarise_cases(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Means and pooled lesion counts over per-case rows (as `segmentation_metrics` writes them), also for
     rows gathered from several evaluations (k-fold); `dice_lesion_cases` averages only cases with a lesion."""

@@ -328,12 +328,15 @@ def compile_model(cfg: TrainConfig, shape: tuple[Any, ...], ds: Dataset, epochs:
 
 def validation_results(model: Any, x_va: np.ndarray, ds: Dataset, va: np.ndarray, cfg: TrainConfig,
                        batch_size: int = 256) -> tuple[float | None, dict[str, Any]]:
-    """(Youden threshold for binary tasks else None, validation metrics at that threshold)."""
-    from meddx.evaluate.classification import classification_metrics, youden_threshold
+    """(Operating threshold for binary tasks else None, validation metrics at that threshold). The threshold is
+    `robust_threshold`: bootstrap-median Youden shrunk toward 0.5 (class-balanced training) when the validation
+    split is small, so 78 validation cases cannot push it to 0.98."""
+    from meddx.evaluate.classification import classification_metrics, robust_threshold
 
     probs = logits_to_probs(model.predict(x_va, batch_size=batch_size, verbose=0), ds.task)
     y = ds.labels[va]
-    threshold = float(youden_threshold(y, probs[:, 1])) if ds.task == "binary" else None
+    threshold = (float(robust_threshold(y, probs[:, 1], prior=0.5 if cfg.class_weights else None, seed=cfg.seed))
+                 if ds.task == "binary" else None)
     groups = ds.patient_ids[va] if ds.patient_ids is not None else None
     metrics = classification_metrics(y, probs, ds.class_names, task=ds.task,
                                      threshold=0.5 if threshold is None else threshold, groups=groups, seed=cfg.seed)
