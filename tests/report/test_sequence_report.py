@@ -38,7 +38,7 @@ def test_sequence_report_shows_frame_importance_and_key_frames(tmp_path) -> None
     assert study["frame_importance"][4] == 0.4 and study.get("heatmap") is None
     info = dict(run_info("present", 0.45), model="lstm", class_names=["absent", "present"])
     out = tmp_path / "rep"
-    paths = render_study_report(study, info, out, pdf_engine="matplotlib")
+    paths = render_study_report(study, info, out, pdf_engine="reportlab")
     html = paths["html"].read_text()
     # the decision and the per-class probabilities table
     assert "Predicted: present (probability 0.800)" in html
@@ -56,7 +56,7 @@ def test_sequence_report_shows_frame_importance_and_key_frames(tmp_path) -> None
     assert "heatmap overlay" not in html.lower() and "Candidate lesions" not in html
     for src in _images(html):
         assert (out / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
-    assert paths["pdf"].read_bytes()[:5] == b"%PDF-" and paths["pdf_engine"] == "matplotlib"
+    assert paths["pdf"].read_bytes()[:5] == b"%PDF-" and paths["pdf_engine"] == "reportlab"
     assert not list(out.glob(".*")), "temporary files left behind"
 
 
@@ -99,7 +99,7 @@ def test_image_classifier_stack_report_is_unchanged(tmp_path) -> None:
                       key_slices=[5, 4, 6])
     study = pred.to_study("vol.nii.gz")
     assert "frame_importance" not in study
-    paths = render_study_report(study, run_info(), tmp_path / "r", pdf_engine="matplotlib")
+    paths = render_study_report(study, run_info(), tmp_path / "r", pdf_engine="reportlab")
     html = paths["html"].read_text()
     assert "Frame importance" not in html and "importance" not in html
     assert "<h2>Slices that drove the decision</h2>" in html

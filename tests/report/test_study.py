@@ -149,7 +149,7 @@ def test_weasyprint_pdf(small_study, tmp_path):
     assert "Predicted: normal" in pdf_text(paths["pdf"])
 
 
-def test_matplotlib_pdf_fallback_is_used_when_forced(small_study, tmp_path):
-    paths = render_study_report(small_study, run_info("abnormal", 0.5), tmp_path / "m", pdf_engine="matplotlib")
-    assert paths["pdf_engine"] == "matplotlib"
+def test_reportlab_pdf_is_used_when_forced(small_study, tmp_path):
+    paths = render_study_report(small_study, run_info("abnormal", 0.5), tmp_path / "m", pdf_engine="reportlab")
+    assert paths["pdf_engine"] == "reportlab"
     assert not list((tmp_path / "m").glob(".*")), "temporary files left behind"

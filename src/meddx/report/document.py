@@ -1,15 +1,14 @@
-"""A tiny document model (headings, paragraphs, tables, images) rendered two ways: HTML (relative
-<img> links, opens from disk) and PDF (WeasyPrint from that HTML when installed, else a
-matplotlib PdfPages multi-page PDF drawn from the same blocks), so every report gets a PDF."""
+"""A tiny document model (headings, paragraphs, tables, images) rendered two ways from the same blocks: HTML
+(relative <img> links, opens from disk) and PDF (reportlab, see report.pdf; WeasyPrint only on request)."""
 
 from __future__ import annotations
 
 import html
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meddx.errors import ConfigError
 from meddx.utils import atomic_path, atomic_write_text
 
 CSS = """
@@ -21,6 +20,7 @@ th, td { border: 1px solid #bbb; padding: .25em .6em; text-align: left; vertical
 th { background: #eef2f6; }
 .notice { border: 2px solid #b35900; background: #fff4e5; padding: .6em .9em; font-weight: bold; }
 .finding { font-size: 1.2em; }
+.ood { border: 3px solid #b00020; background: #fde8ea; color: #b00020; padding: .6em .9em; font-weight: bold; font-size: 1.1em; }
 .high { color: #1b6e1b; } .moderate { color: #8a6d00; } .borderline { color: #b00020; font-weight: bold; }
 .phi { border: 2px solid #b00020; padding: .4em .8em; }
 figure { margin: .6em 0; page-break-inside: avoid; }
@@ -98,121 +98,29 @@ def weasyprint_available() -> bool:
     return True
 
 
+PDF_ENGINES = ("auto", "reportlab", "weasyprint")
+
+
 def write_pdf(doc: Doc, html_path: str | Path, pdf_path: str | Path, engine: str = "auto") -> str:
-    """Write the PDF; returns the engine used ("weasyprint" or "matplotlib")."""
+    """Write the PDF; returns the engine used.
+
+    "auto"/"reportlab": reportlab from the same blocks as the HTML (pure pip, a core dependency). "weasyprint":
+    the HTML printed by WeasyPrint, only when asked for and installed (it needs Pango from the system); else
+    reportlab. Any other name is an error.
+    """
+    if engine not in PDF_ENGINES:
+        raise ConfigError(f"unknown PDF engine {engine!r}; choose one of {', '.join(PDF_ENGINES)}")
     pdf_path = Path(pdf_path)
-    if engine in ("auto", "weasyprint") and weasyprint_available():
+    if engine == "weasyprint" and weasyprint_available():
         import weasyprint
 
         with atomic_path(pdf_path, suffix=".pdf") as tmp:
             weasyprint.HTML(filename=str(html_path), base_url=str(Path(html_path).parent)).write_pdf(str(tmp))
         return "weasyprint"
-    _write_pdf_matplotlib(doc, Path(html_path).parent, pdf_path)
-    return "matplotlib"
+    from meddx.report.pdf import write_pdf_reportlab
 
-
-# -- matplotlib fallback --------------------------------------------------------------------------
-
-_PAGE = (8.27, 11.69)  # A4 inches
-_TOP, _BOTTOM, _LEFT = 0.95, 0.05, 0.07
-
-
-class _Pager:
-    def __init__(self, pdf: Any, title: str):
-        self.pdf, self.title, self.fig, self.y = pdf, title, None, 0.0
-
-    def new(self) -> None:
-        import matplotlib.pyplot as plt
-
-        self.flush()
-        self.fig = plt.figure(figsize=_PAGE)
-        self.y = _TOP
-
-    def flush(self) -> None:
-        import matplotlib.pyplot as plt
-
-        if self.fig is not None:
-            self.fig.text(0.5, 0.02, self.title, ha="center", fontsize=7, color="#666")
-            self.pdf.savefig(self.fig)
-            plt.close(self.fig)
-            self.fig = None
-
-    def need(self, height: float) -> None:
-        if self.fig is None or self.y - height < _BOTTOM:
-            self.new()
-
-    def text(self, text: str, size: float = 9.0, weight: str = "normal", colour: str = "black",
-             width: int | None = None) -> None:
-        width = width or int(100 * 9.0 / size * (0.9 if weight == "bold" else 1.0))
-        lines = []
-        for para in str(text).split("\n"):
-            lines.extend(textwrap.wrap(para, width=width) or [""])
-        line_h = size * 1.45 / 72.0 / _PAGE[1]
-        for line in lines:
-            self.need(line_h)
-            self.fig.text(_LEFT, self.y, line, fontsize=size, weight=weight, color=colour, va="top")
-            self.y -= line_h
-        self.y -= line_h * 0.4
-
-
-def _write_pdf_matplotlib(doc: Doc, base: Path, pdf_path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.image as mpimg
-    import matplotlib.pyplot as plt
-    from matplotlib.backends.backend_pdf import PdfPages
-
-    colours = {"borderline": "#b00020", "high": "#1b6e1b", "moderate": "#8a6d00", "notice": "#b35900",
-               "phi": "#b00020"}
-    with plt.rc_context({"pdf.fonttype": 42}):  # TrueType: text stays extractable (pdftotext, search)
-        with atomic_path(pdf_path, suffix=".pdf") as tmp:
-            with PdfPages(tmp) as pdf:
-                pg = _Pager(pdf, doc.title)
-                pg.new()
-                for block in doc.blocks:
-                    kind = block[0]
-                    if kind == "h1":
-                        pg.text(block[1], size=15, weight="bold")
-                    elif kind in ("h2", "h3"):
-                        pg.need(0.08)
-                        pg.y -= 0.008
-                        pg.text(block[1], size=12, weight="bold", colour="#334455")
-                    elif kind == "p":
-                        cls = block[2]
-                        pg.text(block[1], size=10 if cls in ("finding", "notice") else 9,
-                                weight="bold" if cls in ("notice", "finding", "borderline") else "normal",
-                                colour=colours.get(cls, "black"))
-                    elif kind == "table":
-                        _, header, rows = block
-                        lines = []
-                        if header:
-                            lines.append(" | ".join(header))
-                            lines.append("-" * min(110, len(lines[0])))
-                        lines.extend((f"{r[0]}: {r[1]}" if not header and len(r) == 2 else " | ".join(r))
-                                     for r in rows)
-                        for line in lines:
-                            pg.text(line, size=8, width=120)
-                    elif kind == "img":
-                        _, src, caption = block
-                        path = base / src
-                        if not path.is_file():
-                            continue
-                        arr = mpimg.imread(str(path))
-                        h, w = arr.shape[:2]
-                        width_frac = 0.86
-                        height_frac = width_frac * _PAGE[0] / _PAGE[1] * h / w
-                        if height_frac > 0.4:  # two key images fit on a page
-                            width_frac *= 0.4 / height_frac
-                            height_frac = 0.4
-                        pg.need(height_frac + 0.03)
-                        ax = pg.fig.add_axes((_LEFT, pg.y - height_frac, width_frac, height_frac))
-                        ax.imshow(arr)
-                        ax.axis("off")
-                        pg.y -= height_frac + 0.01
-                        if caption:
-                            pg.text(caption, size=8, colour="#555")
-                pg.flush()
+    write_pdf_reportlab(doc, Path(html_path).parent, pdf_path)
+    return "reportlab"
 
 
 def write_html(doc: Doc, path: str | Path) -> Path:

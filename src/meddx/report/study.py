@@ -52,6 +52,24 @@ def confidence_statement(probability: float, threshold: float | None = 0.5,
     return "borderline", f"Borderline, review carefully: the probability is only {where}."
 
 
+def ood_statement(study: dict[str, Any]) -> str:
+    """Plain words for an out-of-distribution verdict (shown at the top of the report)."""
+    reason = str(study.get("ood_reason") or "it differs from the images the model was trained on")
+    return (f"Out of distribution: this input is outside what the model was trained on ({reason}). "
+            "The finding below is not a reliable diagnosis; do not use it.")
+
+
+def prediction_set_statement(pred_set: Any, coverage: Any = None) -> str:
+    """The conformal prediction set in words: one class, several the model cannot separate, or none."""
+    labels = [str(c) for c in (pred_set.split("|") if isinstance(pred_set, str) else pred_set or []) if str(c)]
+    cov = f" ({float(coverage):.0%} coverage)" if coverage is not None else ""
+    if not labels:
+        return f"Prediction set{cov}: empty (no class is plausible enough here); review carefully."
+    if len(labels) == 1:
+        return f"Prediction set{cov}: {labels[0]}."
+    return f"Prediction set{cov}: {' or '.join(labels)}: the model cannot separate these here."
+
+
 def _positive_probability(study: dict[str, Any]) -> float | None:
     pos = study.get("positive_class")
     names = list(study.get("class_names") or [])
@@ -388,6 +406,8 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
 
     doc = Doc(title="meddx study report")
     doc.h("Diagnostic decision-support report", 1)
+    if study.get("in_distribution") is False:
+        doc.p(ood_statement(study), "ood")
     doc.p(DISCLAIMER, "notice")
     doc.p(f"Generated {_dt.datetime.now().replace(microsecond=0).isoformat()} by meddx "
           f"{run_info.get('meddx_version', '')} with model '{run_info.get('model', '?')}'.", "small")
@@ -419,6 +439,8 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
         probs = sorted((float(p) for p in study.get("probs") or [prob]), reverse=True)
         level, sentence = confidence_statement(prob, None, probs[1] if len(probs) > 1 else None)
     doc.p(sentence, level)
+    if study.get("prediction_set") is not None:
+        doc.p(prediction_set_statement(study.get("prediction_set"), study.get("coverage")))
     names = list(study.get("class_names") or [])
     probs_all = list(study.get("probs") or [])
     if names and len(names) == len(probs_all):
