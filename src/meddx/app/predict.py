@@ -36,7 +36,8 @@ def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
     files = expand_inputs(inputs, sequences=reads_sequences(predictor))
     if predictor.kind == "segmenter":
         return predict_segmentations(predictor, files, out, log=log)
-    return predict_classifications(predictor, files, out, heatmaps=heatmaps, method=method, log=log)
+    return predict_classifications(predictor, files, out, heatmaps=heatmaps, method=method, log=log,
+                                   allow_ood=allow_ood)
 
 
 def _read_in_batches(files: Sequence[Path], size: int, sequences: bool = False) -> Iterator[list[tuple[Path, Any]]]:
@@ -51,8 +52,11 @@ def _read_in_batches(files: Sequence[Path], size: int, sequences: bool = False) 
 
 
 def predict_classifications(predictor: Any, files: Sequence[Path], out: str | Path, heatmaps: bool = False,
-                            method: str = "gradcam", log: Log | None = None) -> Path:
-    """predictions.csv (+ heatmaps/ with .npy, overlay PNG, and lesions.csv) for a classifier."""
+                            method: str = "gradcam", log: Log | None = None, allow_ood: bool = False) -> Path:
+    """predictions.csv (+ heatmaps/ with .npy, overlay PNG, and lesions.csv) for a classifier; an input outside the
+    RUN's training distribution gets `out of distribution: <reason>` and no probabilities unless `allow_ood`."""
+    from meddx.infer.ood import gate_columns
+
     from tqdm.auto import tqdm
 
     from meddx.explain import lesions_table, save_overlay, save_volume_overlay
@@ -73,6 +77,10 @@ def predict_classifications(predictor: Any, files: Sequence[Path], out: str | Pa
             row["threshold"] = predictor.threshold
             row["n_slices"] = len(pred.slice_scores) if pred.slice_scores else 1
             row["key_slices"] = " ".join(map(str, pred.key_slices or []))
+            gate = gate_columns(pred, allow_ood)
+            if gate.pop("withheld", False):
+                row.update({k: "" for k in row if k == "probability" or k.startswith("p_")})
+            row.update(gate)
             if heatmaps and pred.heatmap is not None:
                 hdir = out / "heatmaps"
                 hdir.mkdir(exist_ok=True)
@@ -86,7 +94,7 @@ def predict_classifications(predictor: Any, files: Sequence[Path], out: str | Pa
                 for les in lesions_table(pred.lesions):
                     lesion_rows.append({"input": str(f), **les})
             rows.append(row)
-            log(f"{f}: {row['predicted']} (p={row['probability']:.3f})")
+            log(f"{f}: {row['predicted']}" + (f" (p={row['probability']:.3f})" if row["probability"] != "" else ""))
             bar.update(1)
     bar.close()
     write_csv(out / "predictions.csv", rows)

@@ -13,20 +13,46 @@ import numpy as np
 from meddx.errors import InputError
 from meddx.infer.base import Predictor
 from meddx.infer.display import grey_display, resize_to
+from meddx.infer.ood import NO_FINGERPRINT, OodGate, check_degenerate
 from meddx.infer.prediction import Prediction
 from meddx.models.outputs import logits_to_probs
 
 
 class Classifier(Predictor):
-    """A classification RUN held in memory; `heatmaps` / `method` choose the localisation made per prediction."""
+    """A classification RUN held in memory; `heatmaps` / `method` choose the localisation made per prediction,
+    `coverage` the conformal prediction sets' target coverage. Every prediction carries the OOD gate's verdict
+    (`meddx.infer.ood`), temperature-calibrated probabilities and a prediction set when the RUN records them."""
 
     kind = "classifier"
 
     def __init__(self, info: Any, model: Any, preprocessing: Any, path: Any = None, heatmaps: bool = True,
-                 method: str = "gradcam") -> None:
+                 method: str = "gradcam", coverage: float = 0.9) -> None:
         super().__init__(info, model, preprocessing, path)
         self.heatmaps = heatmaps
         self.method = method
+        self.gate = OodGate.from_run(info, path)
+        self._features: Any = None
+        self.temperature, self.qhat, self.coverage = None, None, coverage
+        calib = info.to_dict().get("calibration") if hasattr(info, "to_dict") else None
+        if isinstance(calib, dict) and self.gate is not None:
+            self.temperature = float(calib.get("temperature") or 1.0)
+            arrays = self.gate.features.a
+            if "cal_probs" in arrays and "cal_labels" in arrays and self.task != "multilabel":
+                from meddx.evaluate.conformal import conformal_quantile
+
+                self.qhat = conformal_quantile(arrays["cal_probs"], arrays["cal_labels"], coverage, "lac")
+
+    def _embed(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, OOD feature scores) of a preprocessed batch in one model call (scores empty without a
+        fingerprint)."""
+        if self.gate is None or not hasattr(self.model, "get_layer"):  # exported runtimes: metadata checks only
+            return self.predict_proba(x), np.zeros(0)
+        if self._features is None:
+            from meddx.train.fingerprint import feature_function
+
+            self._features = feature_function(self.model)
+        emb, logits = self._features(x)
+        return logits_to_probs(logits, self.task), self.gate.feature_score(emb, x)
 
     def predict_proba(self, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
         """(N, K) class probabilities of a preprocessed batch (binary: [1 - p, p])."""
@@ -52,22 +78,28 @@ class Classifier(Predictor):
                       batch_size: int = 64) -> list[Prediction]:
         """`predict` for many images: single images are preprocessed together and the model called in batches."""
         heat = self.heatmaps if heatmap is None else heatmap
+        for img in images:
+            check_degenerate(img, self.spatial_ndim)
         single = [i for i, img in enumerate(images) if not self._is_stack(img)]
-        probs: dict[int, np.ndarray] = {}
+        probs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for start in range(0, len(single), batch_size):
             chunk = single[start: start + batch_size]
             x = np.stack([self.preprocessing(images[i]) for i in chunk])
-            for i, p in zip(chunk, self.predict_proba(x)):
-                probs[i] = p
+            p_all, s_all = self._embed(x)
+            for k, i in enumerate(chunk):
+                probs[i] = (p_all[k], s_all[k: k + 1])
         return [self._predict(img, probs.get(i), heat, method or self.method) for i, img in enumerate(images)]
 
-    def _predict(self, image: Any, probs: np.ndarray | None, heatmap: bool, method: str) -> Prediction:
+    def _predict(self, image: Any, given: tuple[np.ndarray, np.ndarray] | None, heatmap: bool,
+                 method: str) -> Prediction:
+        check_degenerate(image, self.spatial_ndim)
         prep = self.preprocessing
         stack = self._is_stack(image)
         slice_scores = key_slices = None
+        probs, ood_scores = given if given is not None else (None, np.zeros(0))
         if stack:
             x = prep.batch([image.array[k] for k in range(image.array.shape[0])], progress=False)
-            each = self.predict_proba(x)
+            each, ood_scores = self._embed(x)
             if self.task == "binary":
                 slice_scores = each[:, 1]
                 p = float(slice_scores.max())
@@ -80,7 +112,8 @@ class Classifier(Predictor):
         else:
             x = prep(image)[None]
             if probs is None:
-                probs = self.predict_proba(x)[0]
+                p_all, ood_scores = self._embed(x)
+                probs = p_all[0]
         pred = int(self.decide(probs[None])[0])
         names = self.class_names
         result = Prediction(
@@ -88,9 +121,28 @@ class Classifier(Predictor):
             probability=float(probs[pred]), threshold=self.threshold, image=image, display=grey_display(image),
             kind=self.kind, positive_class=self.info.positive_class,
             slice_scores=None if slice_scores is None else [float(v) for v in slice_scores], key_slices=key_slices)
+        self._assess(result, image, probs, ood_scores)
         if heatmap:
             self._localise(result, x, probs, pred, stack, slice_scores, method)
         return result
+
+    def _assess(self, result: Prediction, image: Any, probs: np.ndarray, ood_scores: np.ndarray) -> None:
+        """The OOD verdict, calibrated probabilities and conformal set of one prediction (unknown without a
+        fingerprint)."""
+        if self.gate is None:
+            result.ood_reason = NO_FINGERPRINT
+            return
+        v = self.gate.verdict(image, ood_scores)
+        result.in_distribution, result.ood_score, result.ood_reason = v.in_distribution, v.ood_score, v.reason
+        if self.temperature is None:
+            return
+        from meddx.evaluate.conformal import calibrate_probs, prediction_sets, set_names
+
+        cal = calibrate_probs(np.asarray(probs, dtype=np.float64)[None], self.temperature, self.task)[0]
+        result.calibrated_probabilities = {c: float(v) for c, v in zip(self.class_names, cal)}
+        if self.qhat is not None:
+            result.prediction_set = set_names(prediction_sets(cal[None], self.qhat, "lac")[0], self.class_names)
+            result.coverage = self.coverage
 
     def _localise(self, result: Prediction, x: np.ndarray, probs: np.ndarray, pred: int, stack: bool,
                   slice_scores: np.ndarray | None, method: str) -> None:

@@ -33,6 +33,12 @@ class Prediction:
     key_slices: list[int] | None = None
     frame_importance: np.ndarray | None = None
     details: dict[str, Any] = field(default_factory=dict)  # kind-specific figures (lesion volume, notes ...)
+    in_distribution: bool | None = None  # the OOD gate's verdict (None: the RUN has no fingerprint)
+    ood_score: float | None = None  # > 1: outside what ~95 % of validation cases reached
+    ood_reason: str = ""  # why out of distribution, or why not checked
+    prediction_set: list[str] | None = None  # split-conformal set at the coverage asked (None: not calibrated)
+    calibrated_probabilities: dict[str, float] | None = None  # temperature-scaled (None: not calibrated)
+    coverage: float | None = None  # the conformal set's target coverage
 
     @property
     def class_names(self) -> list[str]:
@@ -53,6 +59,9 @@ class Prediction:
         }
         if self.kind == "segmenter":
             study["kind"] = "segmentation"
+        study.update(in_distribution=self.in_distribution, ood_score=self.ood_score, ood_reason=self.ood_reason,
+                     prediction_set=self.prediction_set, calibrated_probabilities=self.calibrated_probabilities,
+                     coverage=self.coverage)
         if self.frame_importance is not None:
             study["frame_importance"] = [float(v) for v in self.frame_importance]
         study.update(self.details)
