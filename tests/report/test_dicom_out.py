@@ -57,7 +57,8 @@ def test_sr_holds_finding_and_measurements(ct_image, ct_dir, sphere_mask, tmp_pa
 
     refs = ct_image.metadata["dicom_refs"]
     lesions = mask_to_lesions(sphere_mask, spacing=ct_image)
-    path = write_dicom_sr(ct_image, {"predicted": "liver lesion", "probability": 0.87, "threshold": 0.4, "model": "cnn3d"},
+    path = write_dicom_sr(ct_image, {"predicted": "liver lesion", "probability": 0.87, "threshold": 0.4, "model": "cnn3d",
+                                     "positive_class": "liver lesion"},
                           lesions, ct_dir, tmp_path / "report_sr.dcm")
     sr = hd.sr.srread(path)
     assert isinstance(sr, hd.sr.Comprehensive3DSR)
@@ -66,8 +67,20 @@ def test_sr_holds_finding_and_measurements(ct_image, ct_dir, sphere_mask, tmp_pa
     series = ev.ReferencedSeriesSequence[0]
     assert series.SeriesInstanceUID == refs["SeriesInstanceUID"]
     assert sorted(s.ReferencedSOPInstanceUID for s in series.ReferencedSOPSequence) == sorted(refs["SOPInstanceUIDs"])
-    text = str(sr)
-    assert "liver lesion" in text and "Probability" in text
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert sr.PatientID == pydicom_header(ct_dir).PatientID  # derived objects keep the patient module
+    groups = sr.content.get_image_measurement_groups()
+    first = groups[0]
+    assert first.tracking_identifier == "meddx finding: liver lesion"
+    assert (first.finding_type.value, first.finding_type.scheme_designator) == ("52988006", "SCT")  # Lesion
+    assert [g.finding_type.value for g in groups[1:]] == ["52988006"] * len(lesions)
+    assert all(it.ConceptNameCodeSequence[0].CodingSchemeDesignator in ("SCT", "DCM", "UCUM")
+               for it in _items(sr.ContentSequence))
+    algo = [it for it in _items(sr.ContentSequence) if it.ConceptNameCodeSequence[0].CodeValue == "111001"]
+    assert algo and algo[0].TextValue == "cnn3d"  # Algorithm Name
+    params = [it.TextValue for it in _items(sr.ContentSequence)
+              if it.ConceptNameCodeSequence[0].CodeValue == "111002"]  # Algorithm Parameters
+    assert "threshold=0.4" in params
     # measurements: finding probability, lesion diameter (mm) and volume (mL)
     values = {}
     def walk(items):
@@ -84,6 +97,67 @@ def test_sr_holds_finding_and_measurements(ct_image, ct_dir, sphere_mask, tmp_pa
     assert values["Volume"][0][0] == pytest.approx(lesions[0]["volume_ml"], rel=1e-6)
     assert values["Diameter"][0] == (pytest.approx(max(lesions[0]["extent_mm"]), rel=1e-6), "mm")
     assert _dciodvfy_errors(path) == []
+
+
+def _items(seq):
+    for it in seq:
+        yield it
+        if "ContentSequence" in it:
+            yield from _items(it.ContentSequence)
+
+
+def pydicom_header(ct_dir):
+    import pydicom
+
+    return pydicom.dcmread(sorted(ct_dir.iterdir())[0], stop_before_pixels=True)
+
+
+@pytest.mark.parametrize("name,positive,code", [
+    ("normal", None, "17621005"), ("Lesion", None, "52988006"), ("tumour", None, "108369006"),
+    ("malignant", None, "21594007"), ("no_tumor", None, "17621005"), ("glioma_grade_x", "glioma_grade_x", "263654008"),
+    ("other", "glioma_grade_x", "17621005"), ("class 7", None, "404684003"),
+])
+def test_finding_code_is_standard(name, positive, code):
+    from meddx.report.dicom_out import finding_code
+
+    c = finding_code(name, positive)
+    assert c.value == code and c.scheme_designator == "SCT"
+
+
+def test_sr_out_of_distribution(ct_image, ct_dir, tmp_path):
+    import highdicom as hd
+
+    from meddx.report.dicom_out import OOD_TEXT
+
+    lesion = {"id": 1, "extent_mm": (5.0, 6.0, 7.0), "volume_ml": 0.1, "bbox_px": ((3, 5), (0, 1), (0, 1))}
+    path = write_dicom_sr(ct_image, {"predicted": "lesion", "probability": 0.9, "in_distribution": False},
+                          [lesion], ct_dir, tmp_path / "ood_sr.dcm")
+    sr = hd.sr.srread(path)
+    groups = sr.content.get_image_measurement_groups()
+    assert len(groups) == 1 and OOD_TEXT in groups[0].tracking_identifier
+    assert groups[0].finding_type.value == "82334004"  # SCT Indeterminate: no diagnosis
+    assert not [it for it in _items(sr.ContentSequence) if it.ValueType == "NUM"]
+
+
+def test_encapsulated_pdf(ct_dir, tmp_path):
+    import pydicom
+
+    from meddx.errors import InputError
+    from meddx.report.dicom_out import write_encapsulated_pdf
+
+    pdf = b"%PDF-1.4\n%minimal test document\n%%EOF"  # odd length: padded in DICOM, length recorded
+    src = pydicom_header(ct_dir)
+    path = write_encapsulated_pdf(pdf, src, tmp_path / "report.dcm")
+    ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.104.1" and ds.Modality == "DOC"
+    assert ds.MIMETypeOfEncapsulatedDocument == "application/pdf"
+    assert ds.EncapsulatedDocument[: ds.EncapsulatedDocumentLength] == pdf
+    assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.SeriesInstanceUID != src.SeriesInstanceUID
+    assert ds.PatientID == src.PatientID and ds.PatientName == src.PatientName
+    assert ds.SourceInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert _dciodvfy_errors(path) == []
+    with pytest.raises(InputError, match="not a PDF"):
+        write_encapsulated_pdf(b"<html>", src, tmp_path / "x.dcm")
 
 
 def test_secondary_capture(ct_image, ct_dir, tmp_path):

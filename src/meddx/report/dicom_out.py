@@ -1,5 +1,6 @@
 """Standard DICOM outputs for PACS: SEG (lesion mask), SR TID 1500 Measurement Report (finding,
-probability, lesion sizes) and a Secondary Capture of the overlay, built with highdicom.
+probability, lesion sizes; SNOMED CT / DCM / UCUM codes), a Secondary Capture of the overlay (highdicom)
+and the PDF report as Encapsulated PDF (pydicom).
 
 Every object references the source series (Study/Series/SOP Instance UIDs) and, as DICOM
 requires, carries the patient module copied from the source; nothing else identifying is added,
@@ -162,12 +163,44 @@ def write_dicom_seg(image: Image, mask: Any, source_datasets_or_paths: Any, path
     return _save_dataset(seg, path)
 
 
-def _code_for(text: str) -> Any:
-    """A private coded concept for a free-text class name (scheme 99MEDDX)."""
-    from highdicom.sr import CodedConcept
+# Common class names that are not a SNOMED CT concept name as written (lower case, no punctuation).
+_SYNONYMS = {
+    "tumour": "Tumor", "healthy": "Normal", "negative": "Normal", "no finding": "Normal", "nofinding": "Normal",
+    "no tumor": "Normal", "notumor": "Normal", "no lesion": "Normal", "positive": "Abnormal", "abnormality": "Abnormal",
+    "malignancy": "Malignant", "cancer": "Malignant", "benign lesion": "Benign", "malignant lesion": "Malignant",
+    "lesions": "Lesion", "nodules": "Nodule", "masses": "Mass", "cysts": "Cyst",
+}
 
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-").upper()[:14] or "UNKNOWN"
-    return CodedConcept(value=f"M-{slug}", scheme_designator="99MEDDX", meaning=str(text)[:64])
+
+def finding_code(text: str, positive_class: str | None = None) -> Any:
+    """A standard SNOMED CT coded concept for a class name.
+
+    Looks the name up in pydicom's code dictionaries (e.g. "lesion" -> SCT 52988006 Lesion, "normal" -> SCT
+    17621005 Normal) after a few synonyms, then without its leading words ("liver lesion" -> Lesion); a name with no standard concept is coded SCT 263654008 Abnormal when it
+    is the positive class, SCT 17621005 Normal when it is the other class of a binary task, else SCT 404684003
+    Finding (callers keep the class name as text beside it).
+    """
+    from highdicom.sr import CodedConcept
+    from pydicom.sr.codedict import codes
+
+    key = re.sub(r"[^a-z0-9]+", " ", str(text).lower()).strip()
+    key = _SYNONYMS.get(key, _SYNONYMS.get(key.replace(" ", ""), key))
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", key) if w]
+    # the whole name, then without its leading qualifiers ("liver lesion" -> Lesion)
+    for k in range(len(words)):
+        camel = "".join(w[:1].upper() + w[1:] for w in words[k:])
+        if k and len(camel) < 4:
+            break
+        try:
+            code = getattr(codes.SCT, camel)
+        except AttributeError:
+            continue
+        return CodedConcept(code.value, code.scheme_designator, code.meaning)
+    if positive_class is not None:
+        code = codes.SCT.Abnormal if str(text) == str(positive_class) else codes.SCT.Normal
+    else:
+        code = codes.SCT.Finding
+    return CodedConcept(code.value, code.scheme_designator, code.meaning)
 
 
 def _ml() -> Any:
@@ -184,12 +217,34 @@ def _lesion_slices(lesion: dict[str, Any], n_sources: int) -> list[int]:
     return [z for z in range(max(0, lo), min(n_sources - 1, hi) + 1)]
 
 
+def _finding_sites(sources: list[Any]) -> list[Any] | None:
+    """The body part examined (source header) as a SNOMED CT finding site, when pydicom knows the concept."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    part = str(sources[0].get("BodyPartExamined", "") or "").strip()
+    camel = "".join(w[:1].upper() + w[1:].lower() for w in re.split(r"[^A-Za-z0-9]+", part) if w)
+    try:
+        code = getattr(codes.SCT, camel) if camel else None
+    except AttributeError:
+        code = None
+    return [hd.sr.FindingSite(anatomic_location=code)] if code is not None else None
+
+
+OOD_TEXT = "out of distribution, no diagnosis"
+
+
 def write_dicom_sr(image: Image, finding: dict[str, Any], lesions: Sequence[dict[str, Any]], source_datasets: Any,
-                   path: str | Path) -> Path:
+                   path: str | Path, series_description: str = "meddx measurement report") -> Path:
     """Write a TID 1500 Measurement Report (Comprehensive 3D SR) with the finding, its probability
     and each lesion's size (mm) and volume (mL), referencing the source series and instances.
 
-    `finding`: {"predicted": str, "probability": float, optional "threshold", "model"}.
+    `finding`: {"predicted": str, "probability": float, optional "threshold", "model", "version",
+    "positive_class", "in_distribution" (False: the SR states "out of distribution, no diagnosis", coded
+    SCT 82334004 Indeterminate, with no probability and no lesions)}. The first measurement group's Finding
+    (DCM 121071) is the predicted class's code (`finding_code`; the class name is its tracking identifier) with
+    its Probability (DCM 122157); one group per lesion (SCT Lesion) holds Diameter / Volume / Area. Codes are
+    SNOMED CT / DCM / UCUM; the algorithm (name, version, threshold as a parameter) is in every group.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -197,26 +252,32 @@ def write_dicom_sr(image: Image, finding: dict[str, Any], lesions: Sequence[dict
     sources = load_source_datasets(image, source_datasets)
     if "predicted" not in finding:
         raise InputError("finding needs a 'predicted' diagnosis", image.source)
-    algo = hd.sr.AlgorithmIdentification(name=str(finding.get("model") or "meddx")[:64], version=_version())
+    name = str(finding.get("model") or "meddx")[:64]
+    params = [f"threshold={float(finding['threshold']):.6g}"] if finding.get("threshold") is not None else None
+    algo = hd.sr.AlgorithmIdentification(name=name, version=str(finding.get("version") or _version())[:64],
+                                         parameters=params, family=codes.DCM.ArtificialIntelligence,
+                                         manufacturer=MANUFACTURER)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name="meddx", manufacturer_name=MANUFACTURER, model_name=str(finding.get("model") or "meddx")[:64]))
+            uid=hd.UID(), name="meddx", manufacturer_name=MANUFACTURER, model_name=name))
     context = hd.sr.ObservationContext(observer_device_context=observer)
-    measurements = []
-    if finding.get("probability") is not None:
-        measurements.append(hd.sr.Measurement(name=codes.DCM.Probability, value=float(finding["probability"]),
-                                              unit=codes.UCUM.NoUnits, algorithm_id=algo))
-    if finding.get("threshold") is not None:
-        measurements.append(hd.sr.Measurement(name=_code_for("Operating threshold"), value=float(finding["threshold"]),
-                                              unit=codes.UCUM.NoUnits, algorithm_id=algo))
+    in_dist = finding.get("in_distribution", True) is not False
+    sites = _finding_sites(sources)
+    source_refs = [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources]
+    if in_dist:
+        value = finding_code(finding["predicted"], finding.get("positive_class"))
+        label = f"meddx finding: {finding['predicted']}"
+        measurements = []
+        if finding.get("probability") is not None:
+            measurements.append(hd.sr.Measurement(name=codes.DCM.Probability, value=float(finding["probability"]),
+                                                  unit=codes.UCUM.NoUnits, algorithm_id=algo))
+    else:
+        value, label, measurements, lesions = codes.SCT.Indeterminate, f"meddx: {OOD_TEXT}", [], []
     groups: list[Any] = [hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="meddx finding"),
-        finding_type=codes.DCM.Finding, algorithm_id=algo,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding,
-                                                             value=_code_for(finding["predicted"]))],
-        measurements=measurements or None,
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources],
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label[:64]),
+        finding_type=value, algorithm_id=algo, finding_sites=sites,
+        measurements=measurements or None, source_images=source_refs,
     )]
     for k, lesion in enumerate(lesions, start=1):
         lm = []
@@ -233,20 +294,81 @@ def write_dicom_sr(image: Image, finding: dict[str, Any], lesions: Sequence[dict
         slices = _lesion_slices(lesion, len(sources)) or list(range(len(sources)))
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"lesion {lesion.get('id', k)}"),
-            finding_type=codes.SCT.Lesion, algorithm_id=algo, measurements=lm or None,
+            finding_type=codes.SCT.Lesion, algorithm_id=algo, finding_sites=sites, measurements=lm or None,
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(sources[z]) for z in slices],
         ))
     report = hd.sr.MeasurementReport(
         observation_context=context,
-        procedure_reported=hd.sr.CodedConcept("363679005", "SCT", "Imaging"),
+        procedure_reported=codes.SCT.ImagingProcedure,
         imaging_measurements=groups,
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=sources, content=report[0], series_instance_uid=hd.UID(), series_number=902,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
-        series_description="meddx measurement report",
+        series_description=series_description[:64],
     )
     return _save_dataset(sr, path)
+
+
+def write_encapsulated_pdf(pdf: str | Path | bytes, source_dataset: Any, path: str | Path,
+                           title: str = "meddx report", series_description: str = "meddx PDF report") -> Path:
+    """Write a PDF (file or bytes) as a DICOM Encapsulated PDF in the source's study, for PACS viewers.
+
+    Patient and study modules are copied from `source_dataset` (a derived object must carry them); the PDF
+    itself should be rendered without identifiers (BurnedInAnnotation NO)."""
+    import datetime as _dt
+
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    data = pdf if isinstance(pdf, bytes) else Path(pdf).read_bytes()
+    if not data.startswith(b"%PDF"):
+        raise InputError("not a PDF document", None if isinstance(pdf, bytes) else pdf)
+    src = source_dataset if isinstance(source_dataset, Dataset) else pydicom.dcmread(source_dataset,
+                                                                                      stop_before_pixels=True)
+    sop_class = "1.2.840.10008.5.1.4.1.1.104.1"  # Encapsulated PDF Storage
+    ds = Dataset()
+    for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "IssuerOfPatientID",
+               "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+               "AccessionNumber", "StudyDescription"):
+        if kw in src:
+            setattr(ds, kw, src[kw].value)
+        elif kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+            setattr(ds, kw, None)  # type 2: present, empty
+    if "StudyInstanceUID" not in ds:
+        raise InputError("source has no StudyInstanceUID")
+    now = _dt.datetime.now()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "DOC"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = 904
+    ds.SeriesDescription = series_description[:64]
+    ds.InstanceNumber = 1
+    ds.ConversionType = "SYN"
+    ds.Manufacturer = MANUFACTURER
+    ds.SoftwareVersions = _version()
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    ds.BurnedInAnnotation = "NO"
+    ds.DocumentTitle = title[:64]
+    ds.ConceptNameCodeSequence = []
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = src.SOPClassUID
+    ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    ds.SourceInstanceSequence = [ref]
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = data + (b"\0" if len(data) % 2 else b"")
+    ds.EncapsulatedDocumentLength = len(data)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return _save_dataset(ds, path)
 
 
 def _rgb_uint8(overlay: Any) -> np.ndarray:
