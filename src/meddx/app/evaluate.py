@@ -86,7 +86,10 @@ def evaluate_classifier(predictor: Any, data: str | Path, out: str | Path, split
     idx = split_indices(predictor, ds, split, log)
     sub = ds.subset(idx)
     x = materialise(sub, predictor.preprocessing)
-    metrics = _score_split(predictor, ds, sub, predictor.predict_proba(x), out, split)
+    probs = predictor.predict_proba(x)
+    metrics = _score_split(predictor, ds, sub, probs, out, split)
+    if hasattr(predictor, "calibration_metrics"):  # temperature scaling, conformal sets
+        metrics.update(predictor.calibration_metrics(sub.labels, probs))
     masks = load_masks(sub, tuple(predictor.preprocessing.output_shape[:-1]))
     if masks is not None and predictor.task == "binary":
         metrics["localisation"] = _heatmap_localisation(predictor, x, sub.labels, masks)

@@ -35,6 +35,7 @@ def report_studies(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
     for f in files:
         with naming(f):
             s = predictor.predict(read_input(f, sequences)).to_study(str(f))
+        s["diagnosis_withheld"] = s.get("in_distribution") is False and not allow_ood  # OOD: no diagnosis
         if include_phi:
             try:
                 from meddx.io.deid import read_phi
@@ -79,7 +80,10 @@ def _dicom_outputs(study: dict[str, Any], out: Path, log: Log) -> dict[str, Any]
             mask |= full_size_mask(les, mask.shape).astype(np.uint8)
     paths: dict[str, Any] = {}
     try:
+        if study.get("diagnosis_withheld"):  # out of distribution: no lesion SEG; the SR says indeterminate
+            mask[:] = 0
         finding = {"predicted": study["predicted"], "probability": study["probability"],
+                   "in_distribution": not study.get("diagnosis_withheld"),
                    "threshold": study["threshold"], "model": "meddx"}
         if mask.any():
             paths["seg"] = str(write_dicom_seg(image, mask, study["source"], out / "lesions_seg.dcm"))

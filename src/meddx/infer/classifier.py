@@ -144,6 +144,25 @@ class Classifier(Predictor):
             result.prediction_set = set_names(prediction_sets(cal[None], self.qhat, "lac")[0], self.class_names)
             result.coverage = self.coverage
 
+    def calibration_metrics(self, y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+        """metrics.json's `calibration` (ECE before / after temperature scaling) and `conformal` (empirical coverage
+        and mean set size of the prediction sets) on labelled cases `y` with raw probabilities `probs`; a note when
+        the RUN records no calibration."""
+        if self.temperature is None:
+            return {"calibration": {"note": NO_FINGERPRINT}}
+        from meddx.evaluate.classification import expected_calibration_error
+        from meddx.evaluate.conformal import calibrate_probs, prediction_sets, set_metrics
+
+        cal = calibrate_probs(probs, self.temperature, self.task)
+        out: dict[str, Any] = {"calibration": {
+            "temperature": self.temperature, "ece_before": float(expected_calibration_error(y, probs, task=self.task)),
+            "ece_after": float(expected_calibration_error(y, cal, task=self.task))}}
+        if self.qhat is not None:
+            sets = prediction_sets(cal, self.qhat, "lac")
+            out["conformal"] = {"target": self.coverage, "method": "lac", "qhat": self.qhat,
+                                **set_metrics(sets, np.asarray(y).reshape(-1))}
+        return out
+
     def _localise(self, result: Prediction, x: np.ndarray, probs: np.ndarray, pred: int, stack: bool,
                   slice_scores: np.ndarray | None, method: str) -> None:
         """Heatmap (input grid, max 1) and up to 5 lesion candidates where the decision allows a lesion."""

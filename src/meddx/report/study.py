@@ -52,9 +52,17 @@ def confidence_statement(probability: float, threshold: float | None = 0.5,
     return "borderline", f"Borderline, review carefully: the probability is only {where}."
 
 
+WITHHELD = ("No diagnosis: this input is outside what the model was trained on, so the model cannot judge it. "
+            "Have it read by a clinician, or run again with --allow-ood to see the model's output anyway "
+            "(it would not be reliable).")
+
+
 def ood_statement(study: dict[str, Any]) -> str:
     """Plain words for an out-of-distribution verdict (shown at the top of the report)."""
     reason = str(study.get("ood_reason") or "it differs from the images the model was trained on")
+    if study.get("diagnosis_withheld"):
+        return (f"Out of distribution: this input is outside what the model was trained on ({reason}). "
+                "No diagnosis is given.")
     return (f"Out of distribution: this input is outside what the model was trained on ({reason}). "
             "The finding below is not a reliable diagnosis; do not use it.")
 
@@ -68,6 +76,24 @@ def prediction_set_statement(pred_set: Any, coverage: Any = None) -> str:
     if len(labels) == 1:
         return f"Prediction set{cov}: {labels[0]}."
     return f"Prediction set{cov}: {' or '.join(labels)}: the model cannot separate these here."
+
+
+def agree_with_set(level: str, sentence: str, study: dict[str, Any]) -> tuple[str, str]:
+    """"High confidence" only when the calibrated probability and the conformal set agree: the set is the predicted
+    class alone and its calibrated probability reaches the set's coverage; otherwise it becomes "moderate"."""
+    pred_set = study.get("prediction_set")
+    if level != "high" or pred_set is None:
+        return level, sentence
+    cal = study.get("calibrated_probabilities") or {}
+    predicted = study.get("predicted")
+    p_cal = cal.get(predicted)
+    target = float(study.get("coverage") or 0.9)
+    if list(pred_set) == [predicted] and (p_cal is None or p_cal >= target):
+        return level, sentence
+    why = (f"the calibrated prediction set holds {' or '.join(map(str, pred_set))}" if list(pred_set) != [predicted]
+           else f"the calibrated probability of '{predicted}' is under {target:.0%}")
+    return "moderate", sentence.replace("High confidence:", "Moderate confidence:").rstrip(".") + \
+        f", but {why}; review the key images."
 
 
 def _positive_probability(study: dict[str, Any]) -> float | None:
@@ -358,7 +384,8 @@ def _images(study: dict[str, Any], out: Path, doc: Doc, n_key: int) -> list[Path
                          **labels)
         else:
             _save_plain(disp[z], path, f"{unit} {z}{score}", aspect)
-        doc.img(path.name, f"Key {unit} {z}{score}: " + ("lesion probability with the segmented lesions' outlines "
+        doc.img(path.name, f"Key {unit} {z}{score}: " + ("the input (no heatmap was computed)." if heat is None else
+                                                          "lesion probability with the segmented lesions' outlines "
                                                           "(cyan)." if seg else
                                                           "heatmap overlay with candidate-lesion outlines (cyan)."))
         written.append(path)
@@ -420,58 +447,67 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
         doc.table(None, [[k, v] for k, v in phi.items()] or [["(none)", "no identifiers available"]])
 
     doc.h("Finding")
-    prob = float(study["probability"])
-    doc.p(f"Predicted: {study['predicted']} (probability {prob:.3f})", "finding")
-    p_pos = _positive_probability(study)
-    seg = study.get("kind") == "segmentation"
-    if seg:
-        doc.p(_segmentation_finding(study, run_info))
-        if study.get("note"):
-            doc.p(str(study["note"]))
-    if threshold is not None and p_pos is not None:
-        if not seg:  # a segmenter's validation is Dice (model card), not sensitivity / specificity
-            sens, spec = _run_sens_spec(run_info, positive)
-            doc.p(f"Operating threshold for '{positive}': {float(threshold):.3f} (probability of '{positive}' here: "
-                  f"{p_pos:.3f}). On validation at this threshold the model had sensitivity {_num(sens)} and "
-                  f"specificity {_num(spec)}.")
-        level, sentence = confidence_statement(p_pos, float(threshold))
+    withheld = bool(study.get("diagnosis_withheld"))
+    if withheld:  # out of distribution without allow_ood: no decision, probabilities, heatmap or lesions
+        doc.p(WITHHELD, "finding")
+        names = list(study.get("class_names") or [])
+        doc.h("Images")
+        images = _images({**study, "heatmap": None, "lesions": [], "slice_scores": None, "key_slices": None,
+                          "frame_importance": None}, out, doc, n_key_images)
     else:
-        probs = sorted((float(p) for p in study.get("probs") or [prob]), reverse=True)
-        level, sentence = confidence_statement(prob, None, probs[1] if len(probs) > 1 else None)
-    doc.p(sentence, level)
-    if study.get("prediction_set") is not None:
-        doc.p(prediction_set_statement(study.get("prediction_set"), study.get("coverage")))
-    names = list(study.get("class_names") or [])
-    probs_all = list(study.get("probs") or [])
-    if names and len(names) == len(probs_all):
-        doc.table(["Class", "Probability"], [[n, f"{float(p):.3f}"] for n, p in zip(names, probs_all)])
+        prob = float(study["probability"])
+        doc.p(f"Predicted: {study['predicted']} (probability {prob:.3f})", "finding")
+        p_pos = _positive_probability(study)
+        seg = study.get("kind") == "segmentation"
+        if seg:
+            doc.p(_segmentation_finding(study, run_info))
+            if study.get("note"):
+                doc.p(str(study["note"]))
+        if threshold is not None and p_pos is not None:
+            if not seg:  # a segmenter's validation is Dice (model card), not sensitivity / specificity
+                sens, spec = _run_sens_spec(run_info, positive)
+                doc.p(f"Operating threshold for '{positive}': {float(threshold):.3f} (probability of '{positive}' "
+                      f"here: {p_pos:.3f}). On validation at this threshold the model had sensitivity {_num(sens)} and "
+                      f"specificity {_num(spec)}.")
+            level, sentence = confidence_statement(p_pos, float(threshold))
+        else:
+            probs = sorted((float(p) for p in study.get("probs") or [prob]), reverse=True)
+            level, sentence = confidence_statement(prob, None, probs[1] if len(probs) > 1 else None)
+        level, sentence = agree_with_set(level, sentence, study)
+        doc.p(sentence, level)
+        if study.get("prediction_set") is not None:
+            doc.p(prediction_set_statement(study.get("prediction_set"), study.get("coverage")))
+        names = list(study.get("class_names") or [])
+        probs_all = list(study.get("probs") or [])
+        if names and len(names) == len(probs_all):
+            doc.table(["Class", "Probability"], [[n, f"{float(p):.3f}"] for n, p in zip(names, probs_all)])
 
-    doc.h("Key images")
-    images = _images(study, out, doc, n_key_images)
+        doc.h("Key images")
+        images = _images(study, out, doc, n_key_images)
 
-    scores = study.get("slice_scores")
-    importance = study.get("frame_importance")
-    if importance is not None:
-        doc.h("Frame importance")
-        key = _key_slices(study, n_key_images)
-        chart = _importance_chart(importance, key, out / "frame_importance.png")
-        images.append(chart)
-        top = ", ".join(f"{z} ({float(importance[z]):.3f})" for z in key if z < len(importance))
-        doc.p(f"The sequence model's weight of each input frame in its decision (the weights of the frames it read "
-              f"sum to 1; frames it did not sample have 0); key frames: {top}. A sequence model weighs whole "
-              f"frames: no heatmap or candidate lesion regions are computed.")
-        doc.img(chart.name, "Frame importance: weight per input frame (orange dots: key frames).")
-    elif scores is not None and len(scores) > 1:
-        doc.h(f"Peak lesion probability per {unit}" if seg else f"{unit.capitalize()}s that drove the decision")
-        key = _key_slices(study, n_key_images)
-        chart = _slice_chart(scores, threshold, key, out / f"{unit}_probabilities.png", unit, positive)
-        images.append(chart)
-        top = ", ".join(f"{z} (P={float(scores[z]):.2f})" for z in key if z < len(scores))
-        doc.p(f"Per-{unit} probability of '{positive or study['predicted']}'; key {unit}s: {top}.")
-        doc.img(chart.name, f"Per-{unit} probability (dashed line: operating threshold).")
+        scores = study.get("slice_scores")
+        importance = study.get("frame_importance")
+        if importance is not None:
+            doc.h("Frame importance")
+            key = _key_slices(study, n_key_images)
+            chart = _importance_chart(importance, key, out / "frame_importance.png")
+            images.append(chart)
+            top = ", ".join(f"{z} ({float(importance[z]):.3f})" for z in key if z < len(importance))
+            doc.p(f"The sequence model's weight of each input frame in its decision (the weights of the frames it read "
+                  f"sum to 1; frames it did not sample have 0); key frames: {top}. A sequence model weighs whole "
+                  f"frames: no heatmap or candidate lesion regions are computed.")
+            doc.img(chart.name, "Frame importance: weight per input frame (orange dots: key frames).")
+        elif scores is not None and len(scores) > 1:
+            doc.h(f"Peak lesion probability per {unit}" if seg else f"{unit.capitalize()}s that drove the decision")
+            key = _key_slices(study, n_key_images)
+            chart = _slice_chart(scores, threshold, key, out / f"{unit}_probabilities.png", unit, positive)
+            images.append(chart)
+            top = ", ".join(f"{z} (P={float(scores[z]):.2f})" for z in key if z < len(scores))
+            doc.p(f"Per-{unit} probability of '{positive or study['predicted']}'; key {unit}s: {top}.")
+            doc.img(chart.name, f"Per-{unit} probability (dashed line: operating threshold).")
 
-    if importance is None:  # a sequence model gives frame importance (above), not lesion regions
-        _lesion_section(doc, list(study.get("lesions") or []), seg, is_seq)
+        if importance is None:  # a sequence model gives frame importance (above), not lesion regions
+            _lesion_section(doc, list(study.get("lesions") or []), seg, is_seq)
 
     doc.h("Model card")
     data = run_info.get("data") or {}
@@ -515,7 +551,10 @@ def render_batch(studies: Sequence[dict[str, Any]], run_info: dict[str, Any], ou
             confidence_statement(float(study["probability"]), None,
                                  sorted(study.get("probs") or [0.0], reverse=True)[1:2][0]
                                  if len(study.get("probs") or []) > 1 else None)[0]
-        rows.append((name, study["predicted"], float(study["probability"]), level,
+        if study.get("diagnosis_withheld"):
+            level = "out of distribution: no diagnosis"
+        rows.append((name, "(withheld)" if study.get("diagnosis_withheld") else study["predicted"],
+                     "" if study.get("diagnosis_withheld") else f"{float(study['probability']):.3f}", level,
                      study.get("source", "") if include_phi else ""))
     e = _html.escape
     body = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>meddx reports</title>',
@@ -527,7 +566,7 @@ def render_batch(studies: Sequence[dict[str, Any]], run_info: dict[str, Any], ou
             + ("<th>Source</th>" if include_phi else "") + "</tr>"]
     for name, pred, prob, level, src in rows:
         body.append(f'<tr><td><a href="{name}/report.html">{name}</a></td><td>{e(str(pred))}</td>'
-                    f'<td>{prob:.3f}</td><td>{e(level)}</td><td><a href="{name}/report.pdf">PDF</a></td>'
+                    f'<td>{prob}</td><td>{e(level)}</td><td><a href="{name}/report.pdf">PDF</a></td>'
                     + (f"<td>{e(str(src))}</td>" if include_phi else "") + "</tr>")
     body.append("</table></body></html>")
     index = atomic_write_text(out / "index.html", "\n".join(body) + "\n")

@@ -269,6 +269,25 @@ def write_fingerprint(run_dir: str | Path, info: dict[str, Any], section: dict[s
     info[CALIBRATION_KEY] = calibration
 
 
+def fingerprint_into(info: dict[str, Any], run_dir: str | Path, model: Any, ds: Any, tr: np.ndarray,
+                     va: np.ndarray, x_tr: np.ndarray, x_va: np.ndarray,
+                     log: Callable[[str], None] | None = None) -> None:
+    """After training: fit the fingerprint and calibration, write ood.npz and add both sections to `info` (the
+    run.json about to be written). A failure here is logged and leaves the RUN without a gate, never loses it."""
+    log = log or LOGGER.info
+    try:
+        section, calibration, arrays = fit_fingerprint(model, ds, tr, va, x_tr, x_va, info["task"])
+        write_fingerprint(run_dir, info, section, calibration, arrays)
+    except (ValueError, OSError, np.linalg.LinAlgError) as exc:
+        log(f"warning: no out-of-distribution fingerprint for this RUN: {exc}")
+        return
+    conf = calibration.get("conformal") or {}
+    log(f"fingerprint: {100 * section['val_flag_rate']:.1f} % of validation cases flagged out of distribution; "
+        f"temperature {calibration['temperature']:.3f} (ECE {calibration['ece_before']:.3f} -> "
+        f"{calibration['ece_after']:.3f})" + (f"; 90 % conformal sets: mean size {conf['mean_set_size']:.2f}"
+                                              if conf else ""))
+
+
 def read_ood_arrays(run_dir: str | Path) -> dict[str, np.ndarray] | None:
     """The RUN's ood.npz arrays (numbers only, pickles refused), or None when the RUN has none."""
     p = Path(run_dir) / OOD_FILE

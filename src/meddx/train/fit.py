@@ -187,7 +187,7 @@ RESUME_FREE = ("max_minutes", "threads", "patience")  # settings a resumed run m
 
 
 def _clear_run_dir(run_dir: Path) -> None:
-    for name in (RUN_FILE, MODEL_FILE, "history.csv", "val_metrics.json", RESUME_FILE):
+    for name in (RUN_FILE, MODEL_FILE, "history.csv", "val_metrics.json", RESUME_FILE, "ood.npz"):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -295,6 +295,9 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
         "data": {"source": str(ds.source), "kind": ds.kind, "summary": summary},
         "val_metrics": val_metrics,
     }
+    from meddx.train.fingerprint import fingerprint_into
+
+    fingerprint_into(info, run_dir, model, ds, tr, va, x_tr, x_va, log)
     write_run_folder(run_dir, ds, splits, model, info, title=f"{cfg.model} on {Path(str(ds.source)).name}", log=log)
     log_done(info, train_seconds, log)
     return info
