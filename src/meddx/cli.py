@@ -176,6 +176,8 @@ def _parser() -> argparse.ArgumentParser:
     pw.add_argument("--credentials", help="file with user:password for Orthanc")
     pw.add_argument("--state", help="folder keeping the watcher's position and processed studies")
     pw.add_argument("--once", action="store_true", help="process what is there now, then exit")
+    pw.add_argument("--results", help="also save each processed study in this results folder (`meddx serve "
+                                      "--results` lists it in the viewer)")
 
     cmp_ = sub.add_parser("compare", help="train several models on the same split; AUC/CI/time table + ROC plot")
     cmp_.add_argument("data")
@@ -281,7 +283,7 @@ def _run(args: argparse.Namespace) -> int:
         from meddx.pacs.watch import watch
 
         watch(args.orthanc, args.models, routing=args.routing, credentials=args.credentials, state=args.state,
-              once=args.once)
+              once=args.once, results=args.results)
         return 0
     if cmd == "compare":
         from meddx.app.compare import compare_models
