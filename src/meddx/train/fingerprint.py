@@ -117,7 +117,7 @@ def feature_function(model: Any) -> Callable[[np.ndarray], tuple[np.ndarray, np.
             return np.zeros((0, 0), np.float32), np.zeros((0, int(logits.shape[-1])), np.float32)
         parts = [[] for _ in range(len(outputs) + 1)]
         for s in range(0, len(x), batch_size):  # feature maps of a whole split would not fit in memory
-            got = fm.predict(x[s: s + batch_size], batch_size=batch_size, verbose=0)
+            got = fm.predict_on_batch(x[s: s + batch_size])  # no tf.data pipeline per call
             for i, g in enumerate(got):
                 g = np.asarray(g)
                 parts[i].append(g.reshape(len(g), -1) if g.ndim == 2 else g.mean(axis=tuple(range(1, g.ndim - 1))))
