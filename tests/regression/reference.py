@@ -100,14 +100,16 @@ def measure(runs: Path, data: dict[str, Path], work: Path) -> dict[str, Any]:
         out = work / name
         _cli("evaluate", run, demo_manifest, "--split", "test", "--out", out / "eval")
         res[f"{name}/evaluate"] = _metrics(out / "eval" / "metrics.json")
-        _cli("predict", run, *demo_files, "--out", out / "pred", "--heatmaps")
+        # --allow-ood: the reference is the model's numbers; inputs outside a RUN's training distribution (the CT,
+        # NIfTI and video for the 64 px demo models) otherwise get no diagnosis (issue 19, tests/infer/test_ood.py)
+        _cli("predict", run, *demo_files, "--out", out / "pred", "--heatmaps", "--allow-ood")
         res[f"{name}/predict"] = _predictions(out / "pred" / "predictions.csv")
-        _cli("report", run, demo_files[0], "--out", out / "report", "--no-dicom")
+        _cli("report", run, demo_files[0], "--out", out / "report", "--no-dicom", "--allow-ood")
         res[f"{name}/report"] = _report_numbers(out / "report" / "report.html")
         for kind, path in shared.items():
             if name == "demo_seg" and kind == "video":
                 continue
-            _cli("predict", run, path, "--out", out / f"pred_{kind}")
+            _cli("predict", run, path, "--out", out / f"pred_{kind}", "--allow-ood")
             res[f"{name}/predict_{kind}"] = _predictions(out / f"pred_{kind}" / "predictions.csv")
     if "breast_png" in data:
         run = runs / "breast_cls"
