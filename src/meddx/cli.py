@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", help="train | val | test | all (default test)")
     e.add_argument("--out", required=True)
     e.add_argument("--report", action="store_true", help="also write an HTML evaluation report")
+    e.add_argument("--coverage", type=float, default=0.9,
+                   help="target coverage of the conformal prediction sets (default 0.9: the set holds the true class for 90 %% of cases like the validation ones)")
     e.add_argument("--tta", action="store_true", help=TTA_HELP)
     e.add_argument("--stack-min-fraction", type=float, dest="stack_min_fraction", metavar="F",
                    help="2D segmentation runs: stack post-processing with F instead of the RUN's own (0: off)")
@@ -117,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--include-phi", action="store_true", dest="include_phi",
                     help="name studies by their input paths in outputs (default: study_001 ...)")
     pr.add_argument("--heatmaps", action="store_true", help="also write Grad-CAM heatmaps, overlays and lesions.csv")
+    pr.add_argument("--coverage", type=float, default=0.9,
+                    help="target coverage of the conformal prediction sets (default 0.9: the set holds the true class for 90 %% of cases like the validation ones)")
     pr.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "occlusion"])
     pr.add_argument("--tta", action="store_true", help=TTA_HELP)
 
@@ -126,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True)
     r.add_argument("--include-phi", action="store_true", help="show patient identifiers (off by default)")
     r.add_argument("--no-dicom", action="store_true", help="skip DICOM SEG/SR outputs")
+    r.add_argument("--coverage", type=float, default=0.9,
+                   help="target coverage of the conformal prediction sets (default 0.9: the set holds the true class for 90 %% of cases like the validation ones)")
     r.add_argument("--tta", action="store_true", help=TTA_HELP)
     r.add_argument("--allow-ood", action="store_true", dest="allow_ood",
                    help="give a diagnosis even for inputs outside the model's training distribution")
@@ -243,20 +249,21 @@ def _run(args: argparse.Namespace) -> int:
         from meddx.app import evaluate_run
 
         evaluate_run(args.run, args.data, args.out, split=args.split, report=args.report, tta=args.tta,
-                     stack_min_fraction=args.stack_min_fraction)
+                     stack_min_fraction=args.stack_min_fraction, coverage=args.coverage)
         return 0
     if cmd == "predict":
         from meddx.app import predict_inputs
 
         predict_inputs(args.run, args.inputs, args.out, heatmaps=args.heatmaps, method=args.method, tta=args.tta,
                        manifest=args.manifest, engine=args.engine, address=args.address, runtime=args.runtime,
-                       allow_ood=args.allow_ood, include_phi=args.include_phi)
+                       allow_ood=args.allow_ood, include_phi=args.include_phi, coverage=args.coverage)
         return 0
     if cmd == "report":
         from meddx.app import report_studies
 
         report_studies(args.run, args.inputs, args.out, include_phi=args.include_phi, dicom=not args.no_dicom,
-                       tta=args.tta, allow_ood=args.allow_ood, deidentify_dicom=args.deidentify_dicom)
+                       tta=args.tta, allow_ood=args.allow_ood, deidentify_dicom=args.deidentify_dicom,
+                       coverage=args.coverage)
         return 0
     if cmd == "demo":
         from meddx.app import run_demo

@@ -145,10 +145,11 @@ def _text(html: Path) -> str:
 def test_demo_model_refuses_to_diagnose_a_real_ct_series(shared_data: Path, tmp_path: Path) -> None:
     """Acceptance (issue 19): the 64 px synthetic-slice model says the abdominal CT is outside its training
     distribution and gives no diagnosis, unless --allow-ood."""
-    from conftest import require
     from meddx.cli import main
 
-    ct = require(shared_data / "dicom" / "ct_abdomen_ircadb")
+    ct = shared_data / "dicom" / "ct_abdomen_ircadb"
+    if not ct.is_dir():
+        pytest.skip(f"real data {ct} is absent")
     assert main(["report", str(DEMO), str(ct), "--out", str(tmp_path / "r"), "--no-dicom"]) == 0
     text = _text(tmp_path / "r" / "report.html")
     assert text.find("Out of distribution") < text.find("Finding")

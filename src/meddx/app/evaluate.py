@@ -60,16 +60,18 @@ def dataset_for_run(predictor: Any, data: Any) -> Any:
 
 def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path, split: str = "test",
                  report: bool = False, tta: bool = False, log: Log | None = None,
-                 stack_min_fraction: float | None = None) -> dict[str, Any]:
+                 stack_min_fraction: float | None = None, coverage: float = 0.9) -> dict[str, Any]:
     """Metrics, curves and calibration of a RUN on one split of DATA, written to `out` (`tta`: flip
     test-time augmentation, segmentation runs; `stack_min_fraction`: replaces a 2D segmenter's stored
-    stack post-processing)."""
+    stack post-processing; `coverage`: target of a classifier's conformal prediction sets)."""
     from meddx.infer import load
 
     from meddx.app.common import evaluator_for
 
     log = logger_or(log)
     predictor = load(run_dir, tta=tta, stack_min_fraction=stack_min_fraction)
+    if hasattr(predictor, "set_coverage"):
+        predictor.set_coverage(coverage)
     run = evaluator_for(predictor)
     if predictor.kind == "classifier":
         return evaluate_classifier(predictor, data, out, split=split, report=report, log=log)

@@ -18,7 +18,7 @@ BATCH = 32  # single images read and predicted together
 def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, heatmaps: bool = False,
                    method: str = "gradcam", tta: bool = False, log: Log | None = None, manifest: str | None = None,
                    engine: str = "local", address: str | None = None, runtime: str = "keras",
-                   allow_ood: bool = False, include_phi: bool = False) -> Path:
+                   allow_ood: bool = False, include_phi: bool = False, coverage: float = 0.9) -> Path:
     """predictions.csv for every input (+ heatmap .npy, overlay PNG and lesions.csv with --heatmaps; `tta`:
     flip test-time augmentation, segmentation runs)."""
     from meddx.infer import load
@@ -29,6 +29,8 @@ def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
     if not inputs:
         raise ConfigError("give at least one INPUT (or --manifest STUDIES.csv)")
     predictor = load(run_dir, tta=tta)
+    if hasattr(predictor, "set_coverage"):  # conformal prediction sets at this target coverage
+        predictor.set_coverage(coverage)
     if predictor.kind == "slice_labeller":  # each INPUT is one stack (a folder of slices is not expanded)
         from meddx.app.slice_labelling import predict_stacks
 

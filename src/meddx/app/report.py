@@ -14,7 +14,7 @@ from meddx.errors import InputError, MeddxError, naming
 
 def report_studies(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, include_phi: bool = False,
                    dicom: bool = True, tta: bool = False, log: Log | None = None, allow_ood: bool = False,
-                   deidentify_dicom: bool = False) -> dict[str, Any]:
+                   deidentify_dicom: bool = False, coverage: float = 0.9) -> dict[str, Any]:
     """report.html + report.pdf per study (batch: one folder each plus index.html), DICOM SEG/SR when DICOM.
 
     A classifier RUN reports its decision with a Grad-CAM heatmap; a segmentation RUN its lesion mask,
@@ -25,6 +25,8 @@ def report_studies(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
 
     log = logger_or(log)
     predictor = load(run_dir, tta=tta)
+    if hasattr(predictor, "set_coverage"):  # conformal prediction sets at this target coverage
+        predictor.set_coverage(coverage)
     if predictor.kind == "slice_labeller":  # each INPUT is one stack (a folder of slices is not expanded)
         from meddx.app.slice_labelling import report_stacks
 

@@ -36,11 +36,21 @@ class Classifier(Predictor):
         calib = info.to_dict().get("calibration") if hasattr(info, "to_dict") else None
         if isinstance(calib, dict) and self.gate is not None:
             self.temperature = float(calib.get("temperature") or 1.0)
-            arrays = self.gate.features.a
-            if "cal_probs" in arrays and "cal_labels" in arrays and self.task != "multilabel":
-                from meddx.evaluate.conformal import conformal_quantile
+            self.set_coverage(coverage)
 
-                self.qhat = conformal_quantile(arrays["cal_probs"], arrays["cal_labels"], coverage, "lac")
+    def set_coverage(self, coverage: float) -> None:
+        """Calibrate the conformal prediction sets for `coverage` (0-1) on the RUN's stored validation cases."""
+        from meddx.errors import ConfigError
+
+        if not 0.0 < float(coverage) < 1.0:
+            raise ConfigError(f"--coverage must be between 0 and 1 (e.g. 0.9), got {coverage}")
+        self.coverage = float(coverage)
+        arrays = self.gate.features.a if self.gate is not None else {}
+        if self.temperature is not None and "cal_probs" in arrays and "cal_labels" in arrays \
+                and self.task != "multilabel":
+            from meddx.evaluate.conformal import conformal_quantile
+
+            self.qhat = conformal_quantile(arrays["cal_probs"], arrays["cal_labels"], self.coverage, "lac")
 
     def _embed(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, OOD feature scores) of a preprocessed batch in one model call (scores empty without a
