@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -136,6 +137,60 @@ def safe_stem(p: Path) -> str:
             name = name[: -len(suf)]
             break
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40] or "input"
+
+
+class CsvStream:
+    """Rows written to a CSV as they come (bounded memory), with exactly the text `write_csv` gives the same rows:
+    columns in first-seen order (a row bringing a new column has the file rewritten once, streaming, at close).
+    Use as a context manager: the file appears atomically on success, nothing on error."""
+
+    def __init__(self, path: Path, empty_header: list[str] | None = None) -> None:
+        from meddx.utils import atomic_path
+
+        self.path, self.empty_header = Path(path), empty_header
+        self._atomic = atomic_path(self.path)
+        self.columns: list[str] = []
+        self.count = 0
+        self._grown = False
+
+    def __enter__(self) -> "CsvStream":
+        self._tmp = self._atomic.__enter__()
+        self._fh = self._tmp.open("w", newline="", encoding="utf-8")
+        self._writer: Any = None
+        return self
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one row."""
+        new = [k for k in row if k not in self.columns]
+        if new:
+            self._grown = self._writer is not None
+            self.columns.extend(new)
+            if self._writer is None:
+                self._writer = csv.DictWriter(self._fh, fieldnames=self.columns)
+                self._writer.writeheader()
+        self._writer.writerow(row)
+        self.count += 1
+
+    def __exit__(self, *exc: Any) -> Any:
+        if exc[0] is None and self._writer is None:
+            csv.DictWriter(self._fh, fieldnames=self.empty_header or ["input"]).writeheader()
+        self._fh.close()
+        if exc[0] is None and self._grown:  # first rows were written under a shorter header: widen them
+            widened = self._tmp.with_name(self._tmp.name + ".w")
+            try:
+                with self._tmp.open(newline="", encoding="utf-8") as src, \
+                        widened.open("w", newline="", encoding="utf-8") as dst:
+                    reader = csv.reader(src)
+                    next(reader)
+                    w = csv.writer(dst)
+                    w.writerow(self.columns)
+                    for cells in reader:
+                        w.writerow(cells + [""] * (len(self.columns) - len(cells)))
+                os.replace(widened, self._tmp)
+            finally:
+                if widened.exists():
+                    widened.unlink()
+        return self._atomic.__exit__(*exc)
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], empty_header: list[str] | None = None) -> None:

@@ -243,6 +243,9 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
                         "dice_lesion": None if math.isnan(d_les) else d_les, "n": int(len(va)),
                         "resolution": "model input" if ndim == 2 else "native"},
     }
+    from meddx.train.fingerprint import record_metadata
+
+    record_metadata(info, ds, tr, log=log)  # the training envelope (no feature model for segmenters yet)
     write_run_folder(run_dir, ds, splits, final, info,
                      title=f"{model_name} segmentation on {Path(str(ds.source)).name}", log=log)
     log(f"done in {train_seconds / 60:.1f} min (best epoch {info['best_epoch']}/{info['epochs_run']}): "

@@ -217,6 +217,9 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
     info = run_description(cfg, ds, prep, shape, epochs, batch, run_dir)
     info.update(threshold=threshold, best_epoch=int(callbacks[1].best_epoch) + 1, training_seconds=round(seconds, 1),
                 data={"source": str(ds.source), "kind": ds.kind, "summary": summary}, val_metrics=val_metrics)
+    from meddx.train.fingerprint import record_metadata
+
+    record_metadata(info, ds, tr, max_items=20, log=log)  # the training envelope (videos: a few are enough)
     write_run_folder(run_dir, ds, splits, model, info, title=f"{cfg.model} on {Path(str(ds.source)).name}", log=log)
     log_done(info, seconds, log)
     return info
