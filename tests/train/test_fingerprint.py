@@ -99,3 +99,26 @@ def test_fit_fingerprint_on_a_small_model() -> None:
     assert calibration["conformal"]["target"] == 0.9 and calibration["temperature"] > 0
     assert all(isinstance(v, np.ndarray) and v.dtype != object for v in map(np.asarray, arrays.values()))
     json.dumps({"f": section, "c": calibration})
+
+
+def test_record_metadata_reads_files_and_never_raises(tmp_path: Path) -> None:
+    from PIL import Image as PILImage
+
+    from meddx.data.datasets import Dataset
+    from meddx.train.fingerprint import record_metadata
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"s{i}.png"
+        PILImage.fromarray(np.full((40, 50), 30 * i + 10, np.uint8)).save(p)
+        paths.append(str(p))
+    ds = Dataset(items=paths, labels=np.array([0, 1, 0]), class_names=["a", "b"], task="binary", source="x",
+                 kind="folder")
+    info: dict = {}
+    record_metadata(info, ds, np.arange(3))
+    assert info["fingerprint"]["metadata"]["size_min"] == [40, 50] and info["fingerprint"]["feature_model"] is None
+    broken = Dataset(items=[str(tmp_path / "missing.png")], labels=np.array([0]), class_names=["a", "b"],
+                     task="binary", source="x", kind="folder")
+    info = {}
+    record_metadata(info, broken, np.arange(1), log=lambda m: None)
+    assert "fingerprint" not in info

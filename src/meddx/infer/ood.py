@@ -154,6 +154,9 @@ class OodGate:
                            "beyond 95 % of validation cases)")
         if reasons:
             return Verdict(False, score, "; ".join(reasons))
+        if score is None:  # e.g. an exported runtime, which has no embedding to score: metadata alone is not enough
+            return Verdict(None, None, "metadata within the training range; image features not scored with this "
+                                       "runtime (use the Keras model for a full check)")
         return Verdict(True, score, "")
 
 

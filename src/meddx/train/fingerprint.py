@@ -288,6 +288,18 @@ def fingerprint_into(info: dict[str, Any], run_dir: str | Path, model: Any, ds: 
                                               if conf else ""))
 
 
+def record_metadata(info: dict[str, Any], ds: Any, tr: np.ndarray, max_items: int = 60,
+                    log: Callable[[str], None] | None = None) -> None:
+    """Segmenters and sequence classifiers: the training envelope alone (no feature model yet) in `info`'s
+    fingerprint section, read from up to `max_items` training cases; a failure is logged, never fatal."""
+    try:
+        meta = metadata_fingerprint([ds.items[i] for i in _spread(np.asarray(tr), max_items)], ds.spatial_ndim)
+    except Exception as exc:  # noqa: BLE001 -- a fingerprint must never cost a trained model
+        (log or LOGGER.info)(f"warning: no training fingerprint for this RUN: {exc}")
+        return
+    info[FINGERPRINT_KEY] = {"version": VERSION, "metadata": meta, "feature_model": None}
+
+
 def read_ood_arrays(run_dir: str | Path) -> dict[str, np.ndarray] | None:
     """The RUN's ood.npz arrays (numbers only, pickles refused), or None when the RUN has none."""
     p = Path(run_dir) / OOD_FILE
