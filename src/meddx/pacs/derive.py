@@ -102,6 +102,7 @@ def derived_objects(model: Model, prediction: Any, datasets: list[Any], out: Pat
         if mask is not None and mask.any():
             paths["seg"] = write_dicom_seg(image, mask, datasets, out / "seg.dcm", label=label)
     study = prediction.to_study("PACS series")
+    study["diagnosis_withheld"] = not ok  # the PDF, like the SR, gives no diagnosis out of distribution
     report = render_study_report(study, model.report_info(), out / "report", include_phi=False)
     paths["report_pdf"] = Path(report["pdf"])
     paths["report_html"] = Path(report["html"])

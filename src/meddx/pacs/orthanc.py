@@ -8,6 +8,7 @@ import os
 import secrets
 import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -128,12 +129,21 @@ def run_orthanc(storage: str | Path, http_port: int = 8042, dicom_port: int = 42
     log.info("Orthanc on http://127.0.0.1:%d (DICOMweb at /dicom-web/, DICOM port %d); credentials in %s",
              http_port, dicom_port, cred)
     proc = subprocess.Popen([ORTHANC_BIN, str(config)], cwd=str(storage))
+
+    def forward(signum: int, frame: Any) -> None:  # SIGTERM (service managers, tests): stop Orthanc cleanly
+        proc.terminate()
+
+    previous = signal.signal(signal.SIGTERM, forward) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
+        proc.terminate()
         try:
             return proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             return proc.wait()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
