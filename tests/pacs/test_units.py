@@ -128,6 +128,7 @@ class FakeOrthanc:
         self.feed_down = feed_down
         self.stored = []
         self.sr = {}
+        self.deleted = set()
 
     def changes(self, since, limit=2):
         if self.feed_down:
@@ -138,6 +139,10 @@ class FakeOrthanc:
         return {"Changes": page, "Done": not [c for c in self.feed if c["Seq"] > last], "Last": last}
 
     def study_uid(self, oid):
+        from meddx.pacs.client import NotFound
+
+        if oid in self.deleted:
+            raise NotFound("Orthanc study lookup: HTTP 404")
         if self.fail.get(oid, 0):
             self.fail[oid] -= 1
             raise NetworkError("Orthanc study lookup: HTTP 500")
@@ -163,7 +168,7 @@ def make_watcher(tmp_path, client, **kw):
     def process_series(model, study_uid, series, heatmap_seg, orthanc_id):
         calls.append(orthanc_id)
         client.sr.setdefault(study_uid, []).append(model.sr_description)
-        return "finding"
+        return "finding", ["SR"]
 
     w.process_series = process_series
     return w, calls
@@ -230,6 +235,14 @@ def test_failures_are_retried_then_recorded_never_dropped(tmp_path, caplog):
     text = caplog.text
     assert "change feed unavailable" in text and "attempt 1/3 failed" in text and "recorded as failed" in text
     assert "1.2.999" not in text  # no Study UIDs in logs
+    w.state.close()
+
+
+def test_study_deleted_before_processing_is_skipped(tmp_path):
+    client = FakeOrthanc(2)
+    client.deleted.add("s1")
+    w, calls = make_watcher(tmp_path, client)
+    assert w.run(once=True) == {"processed": 1, "skipped": 1, "failed": 0} and calls == ["s2"]
     w.state.close()
 
 

@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 CREDENTIALS_ENV = "MEDDX_ORTHANC_CREDENTIALS"
 
 
+class NotFound(NetworkError):
+    """Orthanc answered 404: the resource (e.g. a study deleted since its change) is not there."""
+
+
 @contextmanager
 def _http(what: str) -> Iterator[None]:
     """Turn requests/HTTP failures into a NetworkError naming `what` and the status, never the URL."""
@@ -28,7 +32,7 @@ def _http(what: str) -> Iterator[None]:
         yield
     except requests.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
-        raise NetworkError(f"Orthanc {what}: HTTP {status}") from None
+        raise (NotFound if status == 404 else NetworkError)(f"Orthanc {what}: HTTP {status}") from None
     except requests.RequestException as exc:
         raise NetworkError(f"Orthanc {what}: {type(exc).__name__}") from None
 
@@ -83,10 +87,16 @@ class OrthancClient:
                  "manufacturer": _value(s, "00080070") or "", "count": int(_value(s, "00201209") or 0)}
                 for s in found]
 
-    def retrieve_series(self, study_uid: str, series_uid: str) -> list[Any]:
-        """WADO-RS: every instance of one series as pydicom Datasets."""
+    def retrieve_series(self, study_uid: str, series_uid: str, folder: str | Path) -> int:
+        """WADO-RS: write every instance of one series into `folder`, one at a time (memory stays one instance
+        deep); the number written."""
+        folder = Path(folder)
+        n = 0
         with _http("WADO-RS series retrieve"):
-            return list(self.dicomweb.retrieve_series(study_uid, series_uid))
+            for ds in self.dicomweb.iter_series(study_uid, series_uid):
+                ds.save_as(folder / f"{n:05d}.dcm", enforce_file_format=True)
+                n += 1
+        return n
 
     def store(self, datasets: list[Any]) -> None:
         """STOW-RS the datasets (into their own study); NetworkError if Orthanc refused any."""

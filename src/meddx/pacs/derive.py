@@ -85,16 +85,18 @@ def _lesion_mask(prediction: Any, image: Any, heatmap_seg: bool) -> tuple[np.nda
     return None, ""
 
 
-def derived_objects(model: Model, prediction: Any, datasets: list[Any], out: Path,
+def derived_objects(model: Model, prediction: Any, sources: Any, out: Path,
                     heatmap_seg: bool = False) -> dict[str, Path]:
     """Write seg.dcm (when there is a mask), pdf.dcm and sr.dcm for one series into `out`; their paths.
 
-    The SR states the finding, its probability, the algorithm and per-lesion sizes; for an input out of the
-    model's distribution it says "out of distribution, no diagnosis" and no SEG is written."""
-    from meddx.report import render_study_report, write_dicom_seg, write_dicom_sr
+    `sources`: the series' folder or its pydicom Datasets (headers are enough). The SR states the finding, its
+    probability, the algorithm and per-lesion sizes; for an input out of the model's distribution it says
+    "out of distribution, no diagnosis" and no SEG is written."""
+    from meddx.report import load_source_datasets, render_study_report, write_dicom_seg, write_dicom_sr
     from meddx.report.dicom_out import write_encapsulated_pdf
 
     image = prediction.image
+    datasets = load_source_datasets(image, sources)  # headers in slice order, read once
     ok = in_distribution(prediction)
     paths: dict[str, Path] = {}
     if ok:

@@ -109,7 +109,14 @@ class Watcher:
 
     def process_study(self, orthanc_id: str) -> None:
         """Route the study's image series to models; predict and store for each model not done yet."""
-        study_uid = self.client.study_uid(orthanc_id)
+        from meddx.pacs.client import NotFound
+
+        try:
+            study_uid = self.client.study_uid(orthanc_id)
+        except NotFound:  # deleted since it became stable: Orthanc answered, there is nothing to read
+            log.info("study %s: no longer in Orthanc; skipped", orthanc_id[:8])
+            self.stats["skipped"] += 1
+            return
         skey = study_key(study_uid)
         series = self.client.series(study_uid)
         plan: dict[str, list[tuple[dict[str, Any], bool]]] = {}
@@ -137,38 +144,37 @@ class Watcher:
                 continue
             t0 = time.perf_counter()
             outcomes = [self.process_series(model, study_uid, s, heatmap_seg, orthanc_id) for s, heatmap_seg in todo]
-            self.state.mark_done(key, model=model.key, series=len(todo), outcomes=outcomes)
+            self.state.mark_done(key, model=model.key, series=len(todo), outcomes=[o for o, _ in outcomes])
             self.stats["processed"] += 1
-            log.info("study %s: %d series read by %s in %.1f s (%s); SR%s stored", skey, len(todo), model.key,
-                     time.perf_counter() - t0, ", ".join(outcomes), "/SEG/PDF")
+            log.info("study %s: %d series read by %s in %.1f s (%s); stored %s", skey, len(todo), model.key,
+                     time.perf_counter() - t0, ", ".join(o for o, _ in outcomes),
+                     ", ".join(sorted({k for _, kinds in outcomes for k in kinds})))
 
     def process_series(self, model: Model, study_uid: str, series: dict[str, Any], heatmap_seg: bool,
-                       orthanc_id: str) -> str:
+                       orthanc_id: str) -> tuple[str, list[str]]:
         """WADO-RS one series into a private temp dir, predict, STOW-RS SEG + PDF, then the SR (last: its presence
-        marks the series done); the outcome ("finding" or "out of distribution")."""
+        marks the series done); the outcome ("finding" or "out of distribution") and the kinds stored."""
         import pydicom
 
         from meddx.io import read_image
 
-        datasets = self.client.retrieve_series(study_uid, series["uid"])
-        if not datasets:
-            raise NetworkError("WADO-RS returned no instances")
         work = Path(tempfile.mkdtemp(prefix="meddx-pacs-"))  # mode 0700: the instances hold identifiers
         try:
             src = work / "series"
             src.mkdir()
-            for i, ds in enumerate(datasets):
-                ds.save_as(src / f"{i:05d}.dcm", enforce_file_format=True)
+            if not self.client.retrieve_series(study_uid, series["uid"], src):
+                raise NetworkError("WADO-RS returned no instances")
             image = read_image(src)
             prediction = model.predictor.predict(image)
-            paths = derived_objects(model, prediction, datasets, work / "out", heatmap_seg=heatmap_seg)
+            paths = derived_objects(model, prediction, src, work / "out", heatmap_seg=heatmap_seg)
             others = [pydicom.dcmread(paths[k]) for k in ("seg", "pdf") if k in paths]
             if others:
                 self.client.store(others)
             self.client.store([pydicom.dcmread(paths["sr"])])
             if self.results is not None:
                 self._save_result(model, prediction, orthanc_id, series, paths)
-            return "finding" if in_distribution(prediction) else "out of distribution"
+            return ("finding" if in_distribution(prediction) else "out of distribution",
+                    [k.upper() for k in ("seg", "pdf", "sr") if k in paths])
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
