@@ -152,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="export a RUN's model (SavedModel, ONNX, OpenVINO, LiteRT) with a parity check")
     ex.add_argument("run")
     ex.add_argument("--format", required=True, choices=["savedmodel", "onnx", "openvino", "litert"], dest="fmt")
-    ex.add_argument("--out", required=True, help="file or folder to write")
+    ex.add_argument("--out", help="folder to write (default RUN/export/FORMAT, where predict --runtime looks)")
     ex.add_argument("--tolerance", type=float, help="largest accepted |exported - Keras| output difference")
 
     sv = sub.add_parser("serve", help="HTTP inference service + web viewer (loopback, bearer token required)")

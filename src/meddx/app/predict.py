@@ -44,8 +44,11 @@ def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
     from meddx.infer.base import read_run_info
 
     log = logger_or(log)
-    if runtime != "keras":
-        raise ConfigError("--runtime is not available in this build yet")
+    if runtime != "keras" and heatmaps:  # exported models (meddx.infer.runtimes) give probabilities only
+        raise ConfigError(f"--heatmaps needs --runtime keras (Grad-CAM uses the Keras model's gradients); "
+                          f"--runtime {runtime} gives probabilities only")
+    if runtime != "keras" and engine != "local":
+        raise ConfigError(f"--runtime {runtime} runs with --engine local only")
     if not inputs and manifest is None:
         raise ConfigError("give at least one INPUT (or --manifest STUDIES.csv)")
     info, _ = read_run_info(run_dir)
@@ -64,7 +67,7 @@ def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
                                    address=address, log=log, allow_ood=allow_ood)
     if engine != "local":
         raise ConfigError(f"unknown --engine {engine!r} (local or ray)")
-    predictor = load(run_dir, tta=tta)
+    predictor = load(run_dir, tta=tta, runtime=runtime)
     if hasattr(predictor, "set_coverage"):  # conformal prediction sets at this target coverage
         predictor.set_coverage(coverage)
     if predictor.kind == "segmenter":

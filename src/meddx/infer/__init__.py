@@ -27,13 +27,20 @@ __all__ = ["Classifier", "Prediction", "Predictor", "RunInfo", "Segmenter", "Seq
            "load"]
 
 
-def load(run_dir: str | Path, tta: bool = False, stack_min_fraction: float | None = None,
+def load(run_dir: str | Path, tta: bool = False, stack_min_fraction: float | None = None, runtime: str = "keras",
          **options: Any) -> Predictor:
     """The predictor for the RUN in `run_dir` (kind from its run.json). A segmenter takes `tta` (flip test-time
     augmentation) and `stack_min_fraction` (replaces the RUN's stack post-processing); `options` go to the
-    constructor (e.g. `heatmaps=False` for a classifier)."""
+    constructor (e.g. `heatmaps=False` for a classifier). `runtime` onnx | openvino (| savedmodel | litert): a
+    classifier predicting through the RUN's exported model (`meddx export`; `meddx.infer.runtimes.load_runtime`)."""
     from meddx.errors import ConfigError
 
+    if runtime != "keras":
+        if tta or stack_min_fraction is not None:
+            raise ConfigError(f"--tta and --stack-min-fraction need --runtime keras, not {runtime}")
+        from meddx.infer.runtimes import load_runtime
+
+        return load_runtime(run_dir, runtime, **options)
     info, path = read_run_info(run_dir)
     cls = PREDICTORS[info.kind]
     if info.kind in OWN_LOADERS:
