@@ -251,3 +251,19 @@ def test_feed_down_in_once_mode_gives_up(tmp_path):
     with pytest.raises(NetworkError):
         w.run(once=True)
     w.state.close()
+
+
+def test_build_watcher_checks_options_before_loading_models(tmp_path, monkeypatch):
+    from meddx.pacs.watch import build_watcher
+
+    monkeypatch.delenv("MEDDX_ORTHANC_CREDENTIALS", raising=False)
+    state = tmp_path / "s"
+    with pytest.raises(ConfigError, match="http"):
+        build_watcher("ftp://pacs", ["RUN"], state=state)
+    with pytest.raises(ConfigError, match="password"):
+        build_watcher("http://user:pw@127.0.0.1:8042", ["RUN"], state=state)
+    with pytest.raises(InputError, match="cannot read credentials"):
+        build_watcher("http://127.0.0.1:8042", ["RUN"], credentials=tmp_path / "missing", state=state)
+    with pytest.raises(InputError):
+        build_watcher("http://127.0.0.1:8042", [tmp_path / "not-a-run"], state=state)
+    WatchState(state).close()  # the lock was released on the error

@@ -202,16 +202,21 @@ def build_watcher(orthanc_url: str, models: Sequence[str | Path], routing: str |
         raise ConfigError(f"--orthanc must be an http(s) URL, not '{orthanc_url}'")
     if "@" in str(orthanc_url).split("//", 1)[1].split("/", 1)[0]:
         raise ConfigError("--orthanc must not hold a password: use --credentials")
-    loaded: dict[str, Model] = {}
-    for run in models:
-        m = load_model(run)
-        if m.name in loaded:
-            raise ConfigError(f"two --model RUNs share the folder name '{m.name}'")
-        loaded[m.name] = m
-        log.info("model %s loaded (%s)", m.key, m.predictor.kind)
-    rules = load_routing(routing, list(loaded))
-    client = OrthancClient(orthanc_url, load_credentials(credentials))
-    return Watcher(client, loaded, rules, WatchState(state), results=results, **options)
+    auth = load_credentials(credentials)  # fail fast, before the models load
+    watch_state = WatchState(state)
+    try:
+        loaded: dict[str, Model] = {}
+        for run in models:
+            m = load_model(run)
+            if m.name in loaded:
+                raise ConfigError(f"two --model RUNs share the folder name '{m.name}'")
+            loaded[m.name] = m
+            log.info("model %s loaded (%s)", m.key, m.predictor.kind)
+        rules = load_routing(routing, list(loaded))
+    except BaseException:
+        watch_state.close()
+        raise
+    return Watcher(OrthancClient(orthanc_url, auth), loaded, rules, watch_state, results=results, **options)
 
 
 def watch(orthanc_url: str, models: Sequence[str | Path], routing: str | Path | None = None,
