@@ -366,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from meddx.errors import MeddxError
 
     _configure_logging()
+    _quiet_third_party()
     if args.command in TF_COMMANDS:
         _quiet_tensorflow_import()
 
@@ -378,8 +379,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("meddx: interrupted (a training run resumes when started again with the same --out)", file=sys.stderr)
         return 130
     except MemoryError:
-        print("meddx: error: out of memory (try a smaller --image-size or --batch-size)", file=sys.stderr)
-        return 3
+        print("meddx: error: out of memory: process fewer or smaller inputs at once, train with a smaller "
+              "--image-size or --batch-size, or use a machine with more memory", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, read-only, permission denied... (file-system errors, not meddx bugs)
+        from meddx.app.outputs import describe_os_error
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"meddx: error: {where}{describe_os_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def _quiet_third_party() -> None:
+    """Third-party warnings and log records (TensorFlow, absl, Pillow, matplotlib...) never reach the user's
+    stderr: Python warnings go to logging, and the root logger gets a do-nothing handler so that no record falls
+    through to logging's last-resort stderr printer. meddx's own logger keeps its handlers."""
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    if not any(getattr(h, "_meddx_cli", False) for h in root.handlers):
+        sink = logging.NullHandler()
+        sink._meddx_cli = True  # type: ignore[attr-defined]
+        root.addHandler(sink)
+    for name in ("tensorflow", "absl", "h5py", "PIL", "matplotlib", "keras"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

@@ -134,8 +134,7 @@ def test_multiple_series_folder_picks_largest_and_reports(tmp_path: Path) -> Non
     assert image.spacing[0] == pytest.approx(2.5)
     assert image.metadata["series_chosen"] == str(ct.SeriesInstanceUID)
     skipped = image.metadata["series_skipped"]
-    assert skipped == [{"uid": str(mr.SeriesInstanceUID), "n_files": 1,
-                        "description": str(mr.get("SeriesDescription", ""))}]
+    assert skipped == [{"uid": str(mr.SeriesInstanceUID), "n_files": 1}]  # no free-text description (PHI)
     assert image.metadata["files_skipped"] == ["notes.txt"]
     other = read_image(folder, series_uid=str(mr.SeriesInstanceUID))
     assert other.modality == "MR" and other.array.shape == (64, 64)

@@ -9,9 +9,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from meddx.app.common import Log, expand_inputs, logger_or, read_input, reads_sequences
+from meddx.app.outputs import writes_output_folder
 from meddx.errors import InputError, MeddxError, naming
 
 
+@writes_output_folder("report", "run_dir", "inputs")
 def report_studies(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, include_phi: bool = False,
                    dicom: bool = True, tta: bool = False, log: Log | None = None, allow_ood: bool = False,
                    deidentify_dicom: bool = False, coverage: float = 0.9) -> dict[str, Any]:

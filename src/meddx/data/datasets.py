@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,8 +161,15 @@ def load_npz_dataset(path: str | Path) -> Dataset:
                 images, labels = npz[f"{s}_images"], npz[f"{s}_labels"]
                 if len(images) != len(labels):
                     raise DataError(f"'{s}_images' has {len(images)} cases but '{s}_labels' has {len(labels)}", p)
+                if len(images) == 0:
+                    raise DataError(f"split '{s}' is empty (0 cases); drop its arrays or fill them", p)
+                if images.ndim < 3:
+                    raise DataError(f"'{s}_images' has shape {images.shape}; expected (n, H, W[, ...])", p)
+                if labels.dtype.kind not in "biuf":
+                    raise DataError(f"'{s}_labels' holds {labels.dtype} values; labels must be integer class "
+                                    "indices (0, 1, ...)", p)
                 arrays[s] = (images, labels)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         if isinstance(exc, DataError):
             raise
         raise InputError(f"cannot read npz: {exc}", p) from None
@@ -270,6 +278,10 @@ def load_manifest(path: str | Path, class_names: Sequence[str] | None = None) ->
     missing = {"path", "label"} - columns
     if missing:
         raise DataError(f"manifest lacks column(s) {', '.join(sorted(missing))} (has: {', '.join(sorted(columns))})", path)
+    for line, r in enumerate(rows, start=2):
+        if None in r:  # csv.DictReader puts the cells beyond the header under the key None
+            raise DataError(f"line {line} has {len(r) - 1 + len(r[None])} fields but the header names {len(r) - 1} "
+                            "(an unquoted comma in a path or label?)", path)
     rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in rows]
     base = path.parent
     items, raw_labels, patients, splits, masks = [], [], [], [], []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,7 +75,7 @@ def read_run_info(run_dir: str | Path) -> tuple[RunInfo, Path]:
         raise InputError("RUN folder does not exist", p)
     if not (p / RUN_FILE).is_file():
         hint = " (training was interrupted? run `meddx train` again with the same --out to resume)" \
-            if (p / "backup").is_dir() else ""
+            if (p / "backup").is_dir() or (p / "checkpoints").is_dir() else ""
         raise InputError(f"not a meddx RUN folder: {RUN_FILE} is missing{hint}", p)
     return RunInfo.read(p), p
 
@@ -91,13 +92,50 @@ def load_keras_parts(info: RunInfo, p: Path) -> tuple[Any, Any]:
 
     try:
         model = load_model(p / MODEL_FILE)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, TypeError, KeyError, AttributeError, zipfile.BadZipFile) as exc:
+        # a damaged or hand-edited model.keras (safe_mode refuses code; Keras raises TypeError on a bad config)
         raise InputError(f"cannot load {MODEL_FILE}: {exc}", p) from None
     try:
         prep = Preprocessing.from_config(info.preprocessing)
     except (TypeError, ValueError, KeyError) as exc:
         raise InputError(f"{RUN_FILE} has unusable preprocessing: {exc}", p) from None
+    check_run_matches_model(info, model, p)
     return model, prep
+
+
+_TASKS = {"classifier": ("binary", "multiclass", "multilabel"), "sequence_classifier": ("binary", "multiclass"),
+          "segmenter": ("segmentation",)}
+
+
+def check_run_matches_model(info: RunInfo, model: Any, p: Path) -> None:
+    """run.json must describe the model it sits next to (task, class count vs output units, input size): a
+    hand-edited or mismatched run.json would otherwise mislabel every prediction. One-line error naming it."""
+    where = p / RUN_FILE
+    task, names = info.task, list(info.class_names or [])
+    allowed = _TASKS.get(info.kind)
+    if allowed and task not in allowed:
+        raise InputError(f"task {task!r} is not one a {info.kind} has ({', '.join(allowed)})", where)
+    if len(set(map(str, names))) != len(names) or len(names) < (1 if task == "multilabel" else 2):
+        raise InputError(f"class_names {names!r} must be at least two distinct names", where)
+    try:
+        out_shape = tuple(model.output_shape)
+        in_shape = tuple(model.input_shape)
+    except (AttributeError, ValueError, TypeError):  # several inputs/outputs: not a layout meddx writes
+        raise InputError(f"model.keras has several inputs or outputs; {RUN_FILE} describes one", p) from None
+    units = out_shape[-1]
+    if info.kind in ("classifier", "sequence_classifier"):
+        want = 1 if task == "binary" else len(names)
+        if units is not None and int(units) != want:
+            raise InputError(f"{len(names)} class name(s), {task}: the model should have {want} output unit(s) "
+                             f"but model.keras has {units}", where)
+    elif info.kind == "segmenter" and units is not None and int(units) != 1:
+        raise InputError(f"a segmenter's model should output 1 channel, model.keras outputs {units}", where)
+    rec = list(info.input_shape or [])
+    if rec:
+        got = list(in_shape[1:])
+        if len(got) != len(rec) or any(a is not None and b is not None and int(a) != int(b)
+                                       for a, b in zip(got, rec)):
+            raise InputError(f"input_shape {rec} does not match the model's input {got}", where)
 
 
 def read_run(run_dir: str | Path) -> tuple[RunInfo, Any, Any, Path]:

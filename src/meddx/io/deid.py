@@ -18,9 +18,6 @@ from meddx.errors import InputError
 SAFE_KEYWORDS: tuple[str, ...] = (
     "Modality",
     "BodyPartExamined",
-    "StudyDescription",
-    "SeriesDescription",
-    "ProtocolName",
     "Manufacturer",
     "ManufacturerModelName",
     "StudyDate",
@@ -61,6 +58,19 @@ SAFE_KEYWORDS: tuple[str, ...] = (
     "NumberOfTemporalPositions",
     "LossyImageCompression",
     "ContrastBolusAgent",
+)
+
+# Free text typed at the scanner or the RIS ("CT chest for J. Doe", "follow-up after ..."): may identify a person,
+# so never in `Image.metadata` (reports, `meddx info`); only returned by `read_phi`.
+FREE_TEXT_KEYWORDS: tuple[str, ...] = (
+    "StudyDescription",
+    "SeriesDescription",
+    "ProtocolName",
+    "ImageComments",
+    "StudyComments",
+    "AdditionalPatientHistory",
+    "RequestedProcedureDescription",
+    "PerformedProcedureStepDescription",
 )
 
 # Identifying fields: never in `Image.metadata`; only returned by `read_phi`.
@@ -129,7 +139,7 @@ def safe_metadata(ds: Any, keywords: Iterable[str] = SAFE_KEYWORDS) -> dict[str,
     """Allow-listed, non-identifying header fields of a pydicom Dataset."""
     out: dict[str, Any] = {}
     for kw in keywords:
-        if kw in PHI_KEYWORDS:
+        if kw in PHI_KEYWORDS or kw in FREE_TEXT_KEYWORDS:
             continue
         value = ds.get(kw)
         if value is None or value == "":
@@ -177,11 +187,12 @@ def read_phi(path: str | Path) -> dict[str, Any]:
         if not looks_like_dicom(f):
             continue
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, force=True, specific_tags=list(PHI_KEYWORDS))
+            ds = pydicom.dcmread(f, stop_before_pixels=True, force=True,
+                                 specific_tags=list(PHI_KEYWORDS + FREE_TEXT_KEYWORDS))
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
             continue
         out: dict[str, Any] = {}
-        for kw in PHI_KEYWORDS:
+        for kw in PHI_KEYWORDS + FREE_TEXT_KEYWORDS:
             value = ds.get(kw)
             if value is None or value == "":
                 continue

@@ -73,12 +73,39 @@ def _has_pixels(ds: Any) -> bool:
     return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
 
 
-def _ts(ds: Any) -> Any:
-    from pydicom.uid import ImplicitVRLittleEndian
+def _ts(ds: Any, path: Path | None = None) -> Any:
+    """The dataset's transfer syntax UID (implicit VR little endian when absent); an UID that is not a known
+    transfer syntax is an InputError (pydicom would raise a bare ValueError deep inside)."""
+    from pydicom.uid import UID, ImplicitVRLittleEndian
 
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
-    return ts if ts else ImplicitVRLittleEndian
+    if not ts:
+        return ImplicitVRLittleEndian
+    ts = UID(str(ts))
+    if not ts.is_transfer_syntax:
+        raise InputError(f"unknown DICOM transfer syntax {str(ts)[:64]!r}: cannot decode its pixel data", path)
+    return ts
+
+
+_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT",
+                "YBR_RCT")
+
+
+def _check_image_header(ds: Any, rows: int, cols: int, path: Path) -> None:
+    """Refuse headers that cannot describe an image: zero rows or columns, unsupported bit depths, an unknown
+    photometric interpretation, or PALETTE COLOR (its values are indices; read as grey they would mislead)."""
+    if rows <= 0 or cols <= 0:
+        raise InputError(f"DICOM image has {rows} rows and {cols} columns: no pixels to read", path)
+    bits = int(_num(ds.get("BitsAllocated"), 16))
+    if bits not in (1, 8, 16, 32, 64):
+        raise InputError(f"DICOM BitsAllocated {bits} is not a valid pixel size (1, 8, 16, 32 or 64)", path)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip()
+    if photometric == "PALETTE COLOR":  # stored values are palette indices, not intensities
+        raise InputError("DICOM PALETTE COLOR images are not supported (their values are colour-table indices, "
+                         "not intensities): convert the image to RGB", path)
+    if photometric not in _PHOTOMETRIC:
+        raise InputError(f"unsupported DICOM PhotometricInterpretation {photometric[:32]!r}", path)
 
 
 def _num(value: Any, default: float = 0.0) -> float:
@@ -196,7 +223,7 @@ def _instance_info(ds: Any) -> dict[str, Any]:
 
 def _fast_pixels(ds: Any, info: dict[str, Any], path: Path) -> np.ndarray | None:
     """Uncompressed little-endian monochrome pixel data straight from the raw bytes, else None."""
-    ts = _ts(ds)
+    ts = _ts(ds, path)
     if ts.is_compressed or not ts.is_little_endian:
         return None
     rows, cols, bits, spp, nframes = info["rows"], info["cols"], info["bits"], info["spp"], info["frames"]
@@ -227,7 +254,8 @@ def _stored_pixels(ds: Any, path: Path) -> np.ndarray:
         raise InputError("DICOM image without valid Rows/Columns/BitsAllocated", path) from None
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     nframes = int(_num(ds.get("NumberOfFrames"), 1.0)) or 1
-    ts = _ts(ds)
+    ts = _ts(ds, path)
+    _check_image_header(ds, rows, cols, path)
     if "PixelData" in ds and not ts.is_compressed:
         n = rows * cols * nframes * spp
         expected = (n + 7) // 8 if bits == 1 else n * (bits // 8)
@@ -401,6 +429,7 @@ def _image_from_dataset(ds: Any, p: Path, max_voxels: int) -> Image:
         rows, cols = int(ds.Rows), int(ds.Columns)
     except (AttributeError, TypeError, ValueError):
         raise InputError("DICOM image without valid Rows/Columns", p) from None
+    _check_image_header(ds, rows, cols, p)
     check_size((nframes, rows, cols, spp), max_voxels, p)
     stored = _stored_pixels(ds, p)
     modality = str(ds.get("Modality", "") or "OT")
@@ -500,8 +529,12 @@ def _image_from_dataset(ds: Any, p: Path, max_voxels: int) -> Image:
 
 # -- series folder ---------------------------------------------------------------------------
 
+_UNREADABLE = object()  # a file that looks like DICOM but cannot be parsed (a damaged slice?)
+
+
 def _read_candidate(f: Path) -> Any | None:
-    """Full dataset of a file in a folder, or None when it is not a DICOM image."""
+    """Full dataset of a file in a folder; None when it is not a DICOM image (non-DICOM file, SR, DICOMDIR...);
+    `_UNREADABLE` when it looks like DICOM but cannot be parsed."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -513,10 +546,51 @@ def _read_candidate(f: Path) -> Any | None:
         try:
             ds = _dcmread(f, checked=True)
         except InputError:
-            return None
+            return _UNREADABLE
     except _PARSE_ERRORS:
-        return None
+        return _UNREADABLE if looks_like_dicom(f) else None
     return ds if len(ds) and _has_pixels(ds) else None
+
+
+def _check_duplicates(members: list[tuple[Path, Any, dict[str, Any]]], root: Path) -> None:
+    """Refuse a series in which two files hold the same SOPInstanceUID (copies would be stacked as extra slices or
+    time points)."""
+    seen: dict[str, Path] = {}
+    dups: list[tuple[Path, Path]] = []
+    for f, _, info in members:
+        sop = info["sop"]
+        if not sop:
+            continue
+        if sop in seen:
+            dups.append((seen[sop], f))
+        else:
+            seen[sop] = f
+    if dups:
+        a, b = dups[0]
+        raise InputError(f"series holds {len(dups)} duplicated instance(s): the same SOPInstanceUID in "
+                         f"{a.relative_to(root)} and {b.relative_to(root)} (remove the copies)", root)
+
+
+def _integrity_notes(zpos: np.ndarray, unreadable: list[str], meta: dict[str, Any]) -> None:
+    """Record in `meta["series_integrity"]` (shown by reports and `meddx info`) what makes a series not one
+    contiguous, complete volume: gaps in the slice positions (missing slices) and DICOM files that could not be
+    read; `meta["missing_slices"]` counts the slices the gaps leave out."""
+    notes = list(meta.get("series_integrity") or [])
+    if len(zpos) >= 3:
+        d = np.diff(zpos)
+        step = float(np.median(d))
+        if step > 0:
+            gaps = [(i, float(g)) for i, g in enumerate(d) if g > 1.5 * step]
+            missing = int(sum(round(g / step) - 1 for _, g in gaps))
+            if gaps:
+                where = ", ".join(f"after slice {i + 1} ({g:.3g} mm)" for i, g in gaps[:3])
+                notes.append(f"{max(missing, 1)} slice(s) missing: gaps in ImagePositionPatient {where} where the "
+                             f"spacing is {step:.3g} mm; the volume is not contiguous there")
+                meta["missing_slices"] = max(missing, 1)
+    if unreadable:
+        notes.append(f"{len(unreadable)} DICOM file(s) of the folder could not be read and were left out")
+    if notes:
+        meta["series_integrity"] = notes
 
 
 def read_dicom_folder(folder: str | Path, series_uid: str | None = None,
@@ -528,12 +602,15 @@ def read_dicom_folder(folder: str | Path, series_uid: str | None = None,
         raise InputError("folder contains no readable images (it is empty)", root)
     members_all: list[tuple[Path, Any, dict[str, Any]]] = []
     skipped: list[str] = []
+    unreadable: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for f in files:
             ds = None if f.name.upper() == "DICOMDIR" else _read_candidate(f)
-            if ds is None:
+            if ds is None or ds is _UNREADABLE:
                 skipped.append(str(f.relative_to(root)))
+                if ds is _UNREADABLE:
+                    unreadable.append(str(f.relative_to(root)))
                 continue
             members_all.append((f, ds, _instance_info(ds)))
     if not members_all:
@@ -549,10 +626,10 @@ def read_dicom_folder(folder: str | Path, series_uid: str | None = None,
     else:
         chosen = max(sorted(series), key=lambda uid: len(series[uid]))
     members = series[chosen]
-    series_skipped = [
-        {"uid": uid, "n_files": len(items), "description": items[0][2]["description"]}
-        for uid, items in sorted(series.items()) if uid != chosen
+    series_skipped = [  # no SeriesDescription: free text may identify the patient
+        {"uid": uid, "n_files": len(items)} for uid, items in sorted(series.items()) if uid != chosen
     ]
+    _check_duplicates(members, root)
 
     multi = [m for m in members if m[2]["frames"] > 1]
     if len(members) == 1 or multi:
@@ -566,6 +643,12 @@ def read_dicom_folder(folder: str | Path, series_uid: str | None = None,
     image.metadata["series_skipped"] = series_skipped
     image.metadata["files_skipped"] = skipped
     image.metadata["n_instances"] = len(members)
+    if unreadable:
+        _integrity_notes(np.zeros(0), unreadable, image.metadata)
+    if image.metadata.get("series_integrity"):
+        import logging
+
+        logging.getLogger(__name__).warning("DICOM series integrity: %s", "; ".join(image.metadata["series_integrity"]))
     return image
 
 
@@ -638,6 +721,7 @@ def _series_image(members: list[tuple[Path, Any, dict[str, Any]]], root: Path, m
                      has_channels=color, is_sequence=True, source=str(root), metadata=meta)
     dz = _slice_spacing(zpos, meta, first)
     meta["slice_spacing_mm"] = round(dz, 6)
+    _integrity_notes(zpos, [], meta)
     arr = out.reshape((n_t, n_z) + out.shape[1:])
     if n_t == 1:
         arr = arr[0]

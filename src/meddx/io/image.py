@@ -118,5 +118,13 @@ class Image:
             "modality": self.modality,
             "intensity_range": [float(finite.min()), float(finite.max())] if finite.size else None,
         }
-        info.update({k: v for k, v in self.metadata.items() if k not in info})
+        info.update({k: year_only(v) if k.endswith("Date") else v
+                     for k, v in self.metadata.items() if k not in info})
         return info
+
+
+def year_only(date: object) -> str:
+    """A DICOM date (YYYYMMDD) reduced to its year, as reports show it (full dates are identifiers under HIPAA
+    Safe Harbor)."""
+    text = str(date or "").strip()
+    return f"{text[:4]} (year only; full date withheld)" if len(text) >= 4 and text[:4].isdigit() else "withheld"

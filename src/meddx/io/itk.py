@@ -18,17 +18,19 @@ def read_itk(path: str | Path, max_voxels: int = 2**31) -> Image:
     """Read any SimpleITK-supported volume into an Image (2D, 3D, 4D sequence, vector -> channels)."""
     import SimpleITK as sitk
 
-    from meddx.io._common import check_size, clean
+    from meddx.io._common import check_size, clean, quiet_stderr
 
     p = Path(path)
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings would go straight to stderr
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
-        reader.ReadImageInformation()
-        size = tuple(int(s) for s in reader.GetSize())
-        ncomp = int(reader.GetNumberOfComponents())
-        check_size(size + ((ncomp,) if ncomp > 1 else ()), max_voxels, p)
-        img = reader.Execute()
+        with quiet_stderr():
+            reader.ReadImageInformation()
+            size = tuple(int(s) for s in reader.GetSize())
+            ncomp = int(reader.GetNumberOfComponents())
+            check_size(size + ((ncomp,) if ncomp > 1 else ()), max_voxels, p)
+            img = reader.Execute()
     except RuntimeError as exc:
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip().startswith("Description")), "")
         raise InputError(f"cannot read image with SimpleITK: {first or str(exc).splitlines()[-1]}", p) from None

@@ -46,6 +46,16 @@ def read_nifti(path: str | Path, max_voxels: int = 2**31) -> Image:
         raise InputError(f"cannot read NIfTI: {exc}", p) from None
     shape = tuple(int(s) for s in img.shape)
     check_size(shape, max_voxels, p)
+    if any(s <= 0 for s in shape):
+        raise InputError(f"NIfTI has an empty dimension {shape}: no voxels to read", p)
+    affine = np.asarray(img.affine, dtype=float)
+    if not np.all(np.isfinite(affine)):
+        raise InputError("NIfTI affine (voxel-to-world transform) holds NaN or infinite values: the geometry is "
+                         "unusable", p)
+    cols = [affine[:3, k] for k in range(min(len(shape), 3)) if np.linalg.norm(affine[:3, k]) > 0 or shape[k] > 1]
+    if cols and np.linalg.matrix_rank(np.stack(cols, axis=1)) < len(cols):  # a zero-spacing singleton axis is fine
+        raise InputError("NIfTI affine is singular (a voxel axis has zero length or two axes coincide): the "
+                         "geometry is unusable", p)
     try:
         data = np.asanyarray(img.dataobj)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:

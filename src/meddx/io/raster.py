@@ -61,6 +61,8 @@ def read_raster(path: str | Path, max_voxels: int = 2**31) -> Image:
                     frames.append(_frame_array(im))
     except UnidentifiedImageError:
         raise InputError("not a readable image (Pillow cannot identify it)", p) from None
+    except PILImage.DecompressionBombError as exc:
+        raise InputError(f"image refused as a possible decompression bomb: {str(exc).split(',')[0]}", p) from None
     except InputError:  # check_size's "too large" (an InputError is a ValueError too)
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -110,6 +110,17 @@ def read_image(path: str | Path, series_uid: str | None = None, allow_nan: bool 
     `allow_nan=False` refuses images with NaN/inf values; `max_voxels` bounds memory use.
     """
     p = Path(path).expanduser()
+    try:
+        return _read_image(p, series_uid, allow_nan, max_voxels)
+    except MemoryError:
+        raise InputError("not enough memory to read this image: read fewer inputs at once, lower max_voxels, or "
+                         "use a machine with more memory", p) from None
+    except PermissionError:
+        raise InputError("permission denied: cannot read it", p) from None
+
+
+def _read_image(p: Path, series_uid: str | None, allow_nan: bool, max_voxels: int) -> Image:
+    """`read_image` without the memory and permission error translation."""
     if not p.exists():
         raise InputError("no such file or folder", p)
     kind = "dicom_folder"

@@ -76,6 +76,9 @@ class TrainConfig:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        for k, v in values.items():
+            if v is not None and not _type_ok(v, str(known[k].type)):
+                raise ConfigError(f"{source}: {k} must be {known[k].type}, got {v!r}")
         data = asdict(self)
         data.update({k: v for k, v in values.items() if v is not None})
         cfg = TrainConfig(**data)
@@ -119,6 +122,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    """Whether a setting's value fits its annotation ('int | None', 'list[int] | None', ...): a config file saying
+    epochs = "many" is a ConfigError, not a TypeError deep inside training."""
+    kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list, tuple),
+             "dict": (dict,)}
+    parts = [a.strip().split("[")[0] for a in annotation.split("|") if a.strip() != "None"]
+    if isinstance(value, bool) and "bool" not in parts:
+        return False
+    return any(isinstance(value, kinds.get(t, (object,))) for t in parts)
 
 
 def check_stack_min_fraction(value: float, name: str = "stack_min_fraction") -> None:
