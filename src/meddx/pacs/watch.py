@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -226,6 +227,13 @@ def watch(orthanc_url: str, models: Sequence[str | Path], routing: str | Path | 
     watcher = build_watcher(orthanc_url, models, routing=routing, credentials=credentials, state=state,
                             results=results)
     log.info("watching %s from change %d", orthanc_url.rstrip("/"), watcher.state.last_seq)
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (service managers) stops like Ctrl-C
+
+        def interrupt(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         return watcher.run(once=once)
     except KeyboardInterrupt:
@@ -234,3 +242,5 @@ def watch(orthanc_url: str, models: Sequence[str | Path], routing: str | Path | 
         return dict(watcher.stats)
     finally:
         watcher.state.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
