@@ -8,8 +8,8 @@ Two parts, both fitted after training and stored with the RUN:
   penultimate-layer embedding (Lee et al. 2018, "Mahalanobis"), plus a single Gaussian on a 4x4 thumbnail of the
   preprocessed input (catches inputs whose embedding happens to fall near a class: blank, inverted, other
   anatomy). Each view's squared distance is divided by its validation 95th percentile, the largest ratio is the
-  raw score, and the threshold is the conformal (1 - `FALSE_FLAG`) quantile of the validation scores, so at most
-  ~5 % of in-distribution cases are flagged;
+  raw score, and the threshold is the conformal (1 - `FALSE_FLAG`) quantile of the validation scores, so on
+  average at most `FALSE_FLAG` (4 %) of new in-distribution cases are flagged (<= 5 % with the sampling noise);
 * the calibration (run.json `calibration`): the temperature fitted on validation logits, ECE before/after, and the
   validation cases' calibrated probabilities and labels (in `ood.npz`) from which split-conformal sets are
   calibrated at any coverage asked at prediction time.
@@ -33,7 +33,8 @@ OOD_FILE = "ood.npz"
 FINGERPRINT_KEY = "fingerprint"
 CALIBRATION_KEY = "calibration"
 VERSION = 1
-FALSE_FLAG = 0.05  # target share of in-distribution (validation) cases flagged
+FALSE_FLAG = 0.04  # target share of validation cases flagged: 1 point under the promised 5 %, for the calibration
+# split's sampling noise (262 PneumoniaMNIST validation cases at 0.05 flagged 6.1 % of 862 held-out ones)
 MAX_META_ITEMS = 300  # training cases read for the metadata fingerprint
 MAX_FIT_CASES = 6000  # training cases embedded for the feature model
 THUMB = 4  # thumbnail side of the input-space view
