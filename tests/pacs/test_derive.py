@@ -42,6 +42,16 @@ def _prediction(image, in_distribution=None):
                       lesions=mask_to_lesions(mask, spacing=image), in_distribution=in_distribution)
 
 
+def _dciodvfy_errors(path) -> list[str]:
+    import shutil
+    import subprocess
+
+    if not shutil.which("dciodvfy"):
+        return []
+    res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
+
+
 def _items(seq):
     for it in seq:
         yield it
@@ -84,6 +94,8 @@ def test_derived_objects_for_a_segmenter(ct, tmp_path):
     doc = pydicom.dcmread(paths["pdf"])
     assert doc.Modality == "DOC" and doc.StudyInstanceUID == src.StudyInstanceUID
     assert bytes(doc.EncapsulatedDocument[:4]) == b"%PDF"
+    for k in ("sr", "seg", "pdf"):
+        assert _dciodvfy_errors(paths[k]) == [], k
 
 
 @pytest.mark.slow
