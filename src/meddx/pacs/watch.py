@@ -43,7 +43,8 @@ class Watcher:
                  stop: threading.Event | None = None) -> None:
         self.client, self.models, self.routing, self.state = client, models, routing, state
         self.results = Path(results) if results else None
-        self.max_attempts, self.backoff_s, self.max_backoff_s, self.poll_s = max_attempts, backoff_s, max_backoff_s, poll_s
+        self.max_attempts, self.backoff_s, self.max_backoff_s = max_attempts, backoff_s, max_backoff_s
+        self.poll_s = poll_s
         self.stop = stop or threading.Event()
         self._sleep = sleep or self.stop.wait
         self.stats = {"processed": 0, "skipped": 0, "failed": 0}

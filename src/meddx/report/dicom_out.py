@@ -175,10 +175,11 @@ _SYNONYMS = {
 def finding_code(text: str, positive_class: str | None = None) -> Any:
     """A standard SNOMED CT coded concept for a class name.
 
-    Looks the name up in pydicom's code dictionaries (e.g. "lesion" -> SCT 52988006 Lesion, "normal" -> SCT
-    17621005 Normal) after a few synonyms, then without its leading words ("liver lesion" -> Lesion); a name with no standard concept is coded SCT 263654008 Abnormal when it
-    is the positive class, SCT 17621005 Normal when it is the other class of a binary task, else SCT 404684003
-    Finding (callers keep the class name as text beside it).
+    Looks the name up in pydicom's SNOMED CT dictionary (e.g. "lesion" -> SCT 52988006 Lesion, "normal" -> SCT
+    17621005 Normal) after a few synonyms, then without its leading words ("liver lesion" -> Lesion). A name
+    with no standard concept is coded SCT 263654008 Abnormal when it is the positive class, SCT 17621005 Normal
+    when it is the other class of a binary task, else SCT 404684003 Finding (callers keep the class name as
+    text beside it: the SR's tracking identifier).
     """
     from highdicom.sr import CodedConcept
     from pydicom.sr.codedict import codes
