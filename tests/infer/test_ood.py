@@ -158,3 +158,24 @@ def test_demo_model_refuses_to_diagnose_a_real_ct_series(shared_data: Path, tmp_
     assert main(["report", str(DEMO), str(ct), "--out", str(tmp_path / "a"), "--no-dicom", "--allow-ood"]) == 0
     allowed = _text(tmp_path / "a" / "report.html")
     assert "Out of distribution" in allowed and "not a reliable diagnosis" in allowed and "Predicted:" in allowed
+
+
+def test_calibration_metrics_and_coverage_option(demo) -> None:
+    """metrics.json's calibration / conformal sections; a higher --coverage never gives smaller sets."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    p1 = np.clip(0.5 + (y - 0.5) * 0.6 + rng.normal(0, 0.25, 400), 0.01, 0.99)
+    probs = np.stack([1 - p1, p1], axis=1)
+    m = demo.calibration_metrics(y, probs)
+    assert set(m["calibration"]) >= {"temperature", "ece_before", "ece_after"}
+    assert {"target", "coverage", "mean_set_size"} <= set(m["conformal"]) and m["conformal"]["target"] == 0.9
+    sizes = []
+    for c in (0.5, 0.9, 0.99):
+        demo.set_coverage(c)
+        sizes.append(demo.calibration_metrics(y, probs)["conformal"]["mean_set_size"])
+    demo.set_coverage(0.9)
+    assert sizes == sorted(sizes)
+    from meddx.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        demo.set_coverage(1.5)
