@@ -25,7 +25,7 @@ from meddx.errors import DataError, InputError
 __all__ = [
     "FrameSequence", "SAMPLING_MODES", "slice_number", "list_slice_files", "sample_frames", "load_sequence",
     "pad_sequences", "load_lgg_sequences", "make_windows", "stack_adjacent", "LGG_ROOT_ENV",
-    "lgg_root", "normalise_stack",
+    "lgg_root", "normalise_stack", "volume_series_as_frames",
 ]
 
 SAMPLING_MODES = ("all", "uniform")
@@ -192,6 +192,26 @@ def load_sequence(path: str | Path, mode: str = "all", length: int | None = None
             masks = _resize_frames(masks.astype(np.uint8), size, order=0).astype(bool)
     return FrameSequence(frames=frames, numbers=numbers, source=str(p), masks=masks,
                          frame_time_ms=None if frame_time is None else float(frame_time), metadata=meta)
+
+
+def volume_series_as_frames(image: Any, slice_index: int | None = None) -> Any:
+    """A series of 3D volumes (a 4D NIfTI read as (t, z, y, x), time the NIfTI's last axis) as the sequence of 2D
+    frames (t, y, x) the sequence models read: one frame per time point, its slice `slice_index` along z (default
+    the middle slice; a single-slice series, (x, y, 1, t), is its only slice). Geometry keeps the in-plane spacing;
+    `metadata["frames_from"]` says which slice. Any other image is returned unchanged."""
+    if not (image.is_sequence and image.spatial_ndim == 3):
+        return image
+    arr = np.asarray(image.array)
+    depth = int(arr.shape[1])
+    z = depth // 2 if slice_index is None else int(slice_index)
+    if not 0 <= z < depth:
+        raise InputError(f"slice {z} is outside the {depth} slice(s) of each volume", image.source or None)
+    d = np.asarray(image.direction, float)  # columns: numpy axes (z, y, x) in LPS
+    origin = np.asarray(image.origin, float) + z * float(image.spacing[0]) * d[:, 0]  # the slice's own corner
+    frames = image.with_array(np.ascontiguousarray(arr[:, z]), spatial_ndim=2, spacing=tuple(image.spacing)[1:],
+                              origin=tuple(origin), direction=d[:, 1:])
+    frames.metadata["frames_from"] = f"slice {z} of {depth} of each of the {arr.shape[0]} volumes"
+    return frames
 
 
 def pad_sequences(sequences: Sequence[np.ndarray], length: int | None = None,

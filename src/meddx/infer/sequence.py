@@ -16,7 +16,7 @@ from meddx.infer.base import Predictor
 from meddx.infer.display import grey_display
 from meddx.infer.prediction import Prediction
 from meddx.models.outputs import logits_to_probs
-from meddx.transforms.frames import sequence_input
+from meddx.transforms.frames import frame_count, sampled_display, sequence_input
 
 
 class SequenceClassifier(Predictor):
@@ -44,12 +44,15 @@ class SequenceClassifier(Predictor):
         else:
             pred = int(probs.argmax())
         weights = frame_importance(self.model, x, mask)[0][: len(idx)]
-        per_frame = np.zeros(int(image.array.shape[0]), np.float64)
+        per_frame = np.zeros(frame_count(image), np.float64)  # a lazy video is not decoded whole
         np.add.at(per_frame, idx, weights)
         names = self.class_names
+        display = sampled_display(image, idx)
+        if display is None:
+            display = grey_display(image)
         return Prediction(
             probabilities={c: float(v) for c, v in zip(names, probs)}, label=names[pred],
-            probability=float(probs[pred]), threshold=self.threshold, image=image, display=grey_display(image),
+            probability=float(probs[pred]), threshold=self.threshold, image=image, display=display,
             kind=self.kind, positive_class=self.info.positive_class, frame_importance=per_frame,
             key_slices=[int(k) for k in np.argsort(-per_frame, kind="stable")[:3]],
             slice_scores=[float(v) for v in per_frame])

@@ -334,6 +334,7 @@ class VideoStudy(Image):
         self._hw: tuple[int, int] | None = None
         self._gray: bool | None = None
         self._metadata: dict[str, Any] | None = None
+        self._last: SampledFrames | None = None  # the latest sample, reused when the same frames are asked again
         self.spacing = ()
         self.origin = ()
         self.direction = None
@@ -455,6 +456,19 @@ class VideoStudy(Image):
         self._probe()
         return tuple(self._hw)  # type: ignore[arg-type]
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape `.array` has (frames, y, x[, 3]), from the container when not decoded."""
+        if self._array is not None:
+            return tuple(self._array.shape)
+        lead = (self.n_frames,) if self.is_sequence else ()
+        return (*lead, *self.spatial_shape, *((3,) if self.has_channels else ()))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the full decode (uint8), known without decoding (read-ahead budgets use it)."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
     # -- reading ----------------------------------------------------------------------------------------
     def sample(self, select: Select | Sequence[int]) -> SampledFrames:
         """The selected frames (see `read_frames_at`), from the decoded array when there is one."""
@@ -463,7 +477,14 @@ class VideoStudy(Image):
             pick = select if callable(select) else (lambda _n: select)
             idx = _checked(pick, n, self._path)  # type: ignore[arg-type]
             return SampledFrames(self._array[idx], idx, n, dict(self.metadata))
+        if not callable(select) and self._last is not None:
+            want = np.asarray(select, np.int64).reshape(-1)
+            if want.size and np.isin(want, self._last.indices).all():  # frames sampled just before: no decode
+                pos = {int(i): k for k, i in enumerate(self._last.indices)}
+                rows = [pos[int(i)] for i in want]
+                return SampledFrames(self._last.frames[rows], want, self._last.n_frames, dict(self._last.metadata))
         out = read_frames_at(self._path, select, self._max_voxels)
+        self._last = out
         self._n = out.n_frames
         self._hw = (int(out.frames.shape[1]), int(out.frames.shape[2])) if out.frames.ndim >= 3 else self._hw
         if self._is_gif_file():

@@ -144,7 +144,8 @@ def _header_rows(study: dict[str, Any], include_phi: bool) -> list[list[Any]]:
     if image is not None:
         kind = ("sequence of " if image.is_sequence else "") + ("3D volume" if image.spatial_ndim == 3 else "2D image")
         rows.append(["Image", kind])
-        rows.append(["Shape (array order)", " × ".join(str(s) for s in image.array.shape)])
+        shape = getattr(image, "shape", None) or image.array.shape  # a lazy video knows its shape undecoded
+        rows.append(["Shape (array order)", " × ".join(str(s) for s in shape)])
         axes = ("z", "y", "x") if image.spatial_ndim == 3 else ("y", "x")
         rows.append(["Spacing (mm)", ", ".join(f"{a} {s:.3g}" for a, s in zip(axes, image.spacing))
                      + ("" if image.has_geometry else " (no physical geometry in the file)")])
@@ -335,7 +336,7 @@ def _images(study: dict[str, Any], out: Path, doc: Doc, n_key: int) -> list[Path
     """Write the key-image PNGs into out/ and add them to the document."""
     from meddx.explain.overlay import save_overlay, save_volume_overlay
 
-    disp = np.asarray(study["display"], dtype=np.float64)
+    disp = np.asarray(study["display"], dtype=np.float32)  # no copy of a float32 display (long videos)
     heat = study.get("heatmap")
     lesions = list(study.get("lesions") or [])
     sp = study.get("spacing")
@@ -435,6 +436,8 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
     doc.h("Diagnostic decision-support report", 1)
     if study.get("in_distribution") is False:
         doc.p(ood_statement(study), "ood")
+    for note in (getattr(image, "metadata", None) or {}).get("series_integrity") or []:  # gaps, unreadable files
+        doc.p(f"Incomplete series: {note}. Check the series before relying on this report.", "ood")
     doc.p(DISCLAIMER, "notice")
     doc.p(f"Generated {_dt.datetime.now().replace(microsecond=0).isoformat()} by meddx "
           f"{run_info.get('meddx_version', '')} with model '{run_info.get('model', '?')}'.", "small")
@@ -506,7 +509,12 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
             doc.p(f"Per-{unit} probability of '{positive or study['predicted']}'; key {unit}s: {top}.")
             doc.img(chart.name, f"Per-{unit} probability (dashed line: operating threshold).")
 
-        if importance is None:  # a sequence model gives frame importance (above), not lesion regions
+        extent = study.get("lesion_extent")
+        if extent:  # a slice labeller: which slices hold the lesion, and how far it reaches along the stack
+            doc.h("Lesion extent along the stack")
+            doc.p(extent.get("sentence", ""))
+            doc.table(None, [list(r) for r in extent.get("rows") or []])
+        elif importance is None:  # a sequence model gives frame importance (above), not lesion regions
             _lesion_section(doc, list(study.get("lesions") or []), seg, is_seq)
 
     doc.h("Model card")

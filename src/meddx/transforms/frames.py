@@ -21,7 +21,8 @@ import numpy as np
 from meddx.data.sequences import sample_frames
 from meddx.errors import InputError
 
-__all__ = ["FRAMES_CACHE", "check_frames", "read_study", "sequence_input"]
+__all__ = ["FRAMES_CACHE", "check_frames", "frame_count", "is_lazy_video", "read_study", "sampled_display",
+           "sequence_input"]
 
 _SLICE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 FRAMES_CACHE = "frames"  # sub-folder of the meddx cache holding preprocessed sampled frames, one file per study
@@ -95,10 +96,42 @@ def _video_input(study: Any, prep: Any, frames: int | None, sampling: str, progr
     return out, mask, idx
 
 
+def is_lazy_video(image: Any) -> bool:
+    """True for a video read by `read_study` and not decoded whole (sample it; never touch `.array`)."""
+    from meddx.io.video import VideoStudy
+
+    return isinstance(image, VideoStudy) and not image.decoded
+
+
+def frame_count(image: Any) -> int:
+    """Frames (or slices) of a study, without decoding a lazy video."""
+    return int(image.n_frames) if is_lazy_video(image) else int(np.shape(image.array)[0])
+
+
+def sampled_display(image: Any, idx: Any) -> np.ndarray | None:
+    """For a lazy video: a grey 0-1 view (frames, y, x) holding only the frames in `idx` (the frames the model
+    read, where the key frames are), every other frame left 0 and never decoded; channels averaged, 0.5-99.5
+    percentile window over those frames (as `meddx.infer.display.grey_display`). None for any other study
+    (use the whole-array display). The frames come from the sample just taken, so nothing is decoded twice."""
+    if not is_lazy_video(image):
+        return None
+    want = np.unique(np.asarray(idx, np.int64).reshape(-1))
+    sampled = image.sample(want)
+    arr = np.asarray(sampled.frames, np.float32)
+    if arr.ndim == 4:
+        arr = arr[..., :3].mean(axis=-1)
+    lo, hi = np.percentile(arr, [0.5, 99.5]) if arr.size else (0.0, 1.0)
+    out = np.zeros((image.n_frames, *arr.shape[1:]), np.float32)  # untouched pages stay unallocated
+    out[sampled.indices] = np.clip((arr - lo) / max(hi - lo, 1e-6), 0, 1)
+    return out
+
+
 def read_study(path: str | Path) -> Any:
     """A study as an `Image`: anything `meddx.io.read_image` reads, or a folder of numbered slice images
     (PNG/TIFF/JPEG, ordered by slice number) as a sequence of 2D frames. A video or GIF comes back unread, as a
-    `meddx.io.video.VideoStudy` (decoded when its frames are used; a damaged file is an InputError then)."""
+    `meddx.io.video.VideoStudy` (decoded when its frames are used; a damaged file is an InputError then). A series
+    of 3D volumes (4D NIfTI, time last) comes back as one 2D frame per time point, the middle slice of each volume
+    (`meddx.data.sequences.volume_series_as_frames`)."""
     from meddx.io import read_image
     from meddx.io.image import Image
 
@@ -116,4 +149,6 @@ def read_study(path: str | Path) -> Any:
             from meddx.io.video import VideoStudy
 
             return VideoStudy(p)
-    return read_image(p)
+    from meddx.data.sequences import volume_series_as_frames
+
+    return volume_series_as_frames(read_image(p))  # a 4D volume series: one 2D frame per time point
