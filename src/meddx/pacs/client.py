@@ -78,10 +78,13 @@ class OrthancClient:
 
     def series(self, study_uid: str) -> list[dict[str, Any]]:
         """QIDO-RS: the study's series as {uid, modality, body_part, description, count}."""
-        with _http("QIDO-RS series search"):
-            found = self.dicomweb.search_for_series(
-                study_instance_uid=study_uid,
-                fields=["SeriesDescription", "BodyPartExamined", "NumberOfSeriesRelatedInstances", "Manufacturer"])
+        fields = ("SeriesDescription", "BodyPartExamined", "NumberOfSeriesRelatedInstances", "Manufacturer")
+        with _http("QIDO-RS series search"):  # plain request: one Accept type (Orthanc logs an error for two)
+            r = self.session.get(f"{self.url}/dicom-web/studies/{study_uid}/series",
+                                 params=[("includefield", f) for f in fields],
+                                 headers={"Accept": "application/dicom+json"}, timeout=self.timeout)
+            r.raise_for_status()
+            found = r.json() if r.content else []
         return [{"uid": _value(s, "0020000E"), "modality": _value(s, "00080060") or "",
                  "body_part": _value(s, "00180015") or "", "description": _value(s, "0008103E") or "",
                  "manufacturer": _value(s, "00080070") or "", "count": int(_value(s, "00201209") or 0)}
