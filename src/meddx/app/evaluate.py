@@ -10,24 +10,84 @@ from typing import Any
 import numpy as np
 
 from meddx.app.common import Log, logger_or
+from meddx.app.outputs import writes_output_folder
 from meddx.errors import DataError, naming
 from meddx.utils import atomic_write_json
 
 
 def split_indices(predictor: Any, ds: Any, split: str, log: Log) -> np.ndarray:
-    """Indices of `split` ("all": every case) as training assigned them; warns when the split is the RUN's own."""
+    """Indices of `split` ("all": every case) as training recorded them (the RUN's splits.csv, matched by content
+    hash) when DATA is the RUN's own data, else DATA's own splits. A test case with the content of a case the
+    RUN trained or selected on is refused; with `all` such cases are counted and logged; train/val warn."""
     from meddx.data.splits import assign_splits
 
     cfg = predictor.info.config
-    splits = assign_splits(ds, cfg.get("val_fraction", 0.15), cfg.get("test_fraction", 0.15), cfg.get("seed", 0))
+    recorded = _recorded(predictor)
+    same = bool(predictor.info.source) and _same_path(predictor.info.source, ds.source)
+    seen = hashes = None
+    if recorded is not None:
+        from meddx.data.integrity import recorded_split_of
+
+        seen, seen_as, hashes = recorded_split_of(ds, recorded)
+    if same and seen is not None:
+        splits = np.where(seen == "", "test", seen)  # the RUN's own split; cases it never saw are held out
+        new = int((seen == "").sum())
+        if new:
+            log(f"note: {new} case(s) of DATA are not in the RUN's splits.csv (added since training?); "
+                "they count as test")
+    else:
+        splits = assign_splits(ds, cfg.get("val_fraction", 0.15), cfg.get("test_fraction", 0.15),
+                               cfg.get("seed", 0))
     idx = np.arange(len(ds)) if split == "all" else np.flatnonzero(splits == split)
     if len(idx) == 0:
         avail = ", ".join(sorted(set(splits) - {""})) or "none"
         raise DataError(f"no '{split}' split in this data (available: {avail})", ds.source)
-    if split in ("train", "val") and Path(predictor.info.source).resolve() == Path(str(ds.source)).resolve():
+    if seen is not None:
+        used = [int(i) for i in idx if seen[i] in ("train", "val")]
+        if used and split in ("test", "all"):
+            names = ds.item_names()
+            i = used[0]
+            if split == "test":
+                what = "trained" if seen[i] == "train" else "selected its model"
+                raise DataError(f"{len(used)} test case(s) are cases the RUN {what} on (same content): {names[i]} "
+                                f"is {seen_as[i]} of its {seen[i]} split ({predictor.path}/splits.csv); evaluate "
+                                "on held-out cases", ds.source)
+            log(f"warning: {len(used)} of the {len(idx)} cases were used for training or model selection; "
+                "metrics over 'all' are optimistic")
+    if split in ("train", "val") and same:
         log(f"warning: the '{split}' split was used for {'training' if split == 'train' else 'model selection'}; "
             f"its metrics are optimistic")
+    _check_labels_seen(predictor, ds, idx)
     return idx
+
+
+def _recorded(predictor: Any) -> dict[str, tuple[str, str]] | None:
+    from meddx.data.integrity import read_recorded_splits
+
+    return None if predictor.path is None else read_recorded_splits(Path(predictor.path) / "splits.csv")
+
+
+def _same_path(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(str(b)).resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def _check_labels_seen(predictor: Any, ds: Any, idx: np.ndarray) -> None:
+    """A label the RUN never had a training case of cannot be scored: an error naming it."""
+    if getattr(ds, "task", None) not in ("binary", "multiclass") or predictor.kind not in ("classifier",
+                                                                                         "sequence_classifier"):
+        return
+    counts = ((predictor.info.data.get("summary") or {}).get("splits") or {}).get("train", {}).get("counts")
+    if not isinstance(counts, dict):
+        return
+    names = list(ds.class_names)
+    present = {names[int(k)] for k in np.unique(np.asarray(ds.labels)[idx]) if 0 <= int(k) < len(names)}
+    unseen = sorted(n for n in present if int(counts.get(n, 0) or 0) == 0)
+    if unseen:
+        raise DataError(f"label(s) {', '.join(map(repr, unseen))} never occurred in the RUN's training data; the "
+                        "model cannot be scored on them", ds.source)
 
 
 def dataset_for_run(predictor: Any, data: Any) -> Any:
@@ -58,6 +118,7 @@ def dataset_for_run(predictor: Any, data: Any) -> Any:
     return ds
 
 
+@writes_output_folder("evaluate", "run_dir", "data", "split")
 def evaluate_run(run_dir: str | Path, data: str | Path, out: str | Path, split: str = "test",
                  report: bool = False, tta: bool = False, log: Log | None = None,
                  stack_min_fraction: float | None = None, coverage: float = 0.9) -> dict[str, Any]:
@@ -92,6 +153,9 @@ def evaluate_classifier(predictor: Any, data: str | Path, out: str | Path, split
     metrics = _score_split(predictor, ds, sub, probs, out, split)
     if hasattr(predictor, "calibration_metrics"):  # temperature scaling, conformal sets
         metrics.update(predictor.calibration_metrics(sub.labels, probs))
+    from meddx.data.integrity import check_mask_shapes
+
+    check_mask_shapes(sub)  # a mask of another size than its image is an error, not resized to fit
     masks = load_masks(sub, tuple(predictor.preprocessing.output_shape[:-1]))
     if masks is not None and predictor.task == "binary":
         metrics["localisation"] = _heatmap_localisation(predictor, x, sub.labels, masks)

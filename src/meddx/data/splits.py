@@ -31,6 +31,8 @@ def _holdout(strata: np.ndarray, groups: np.ndarray, candidates: np.ndarray, fra
     n_splits = int(round(1.0 / fraction))
     n_splits = max(2, min(n_splits, n_groups))
     y = strata[candidates]
+    # StratifiedGroupKFold needs a class with at least n_splits cases (small DATA: fewer folds, so a larger part)
+    n_splits = max(2, min(n_splits, int(np.unique(y, return_counts=True)[1].max())))
     # StratifiedGroupKFold needs each class to appear; fall back to group-only folds otherwise.
     if len(np.unique(y)) < 2:
         from sklearn.model_selection import GroupKFold
@@ -44,19 +46,20 @@ def _holdout(strata: np.ndarray, groups: np.ndarray, candidates: np.ndarray, fra
 
 
 def assign_splits(ds: Dataset, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                  seed: int = 0) -> np.ndarray:
+                  seed: int = 0, groups: np.ndarray | None = None) -> np.ndarray:
     """Split name per case. Source-given splits are kept; missing ones are drawn by patient.
 
     npz files keep exactly the splits they contain (a missing test split stays missing,
     as MedMNIST trainval files intend). Folders and manifests without a `split` column get
-    stratified, patient-grouped train/val/test splits.
+    stratified, patient-grouped train/val/test splits; `groups` (one per case, e.g.
+    `meddx.data.integrity.content_groups`, which also joins identical copies) replaces the patient grouping.
     """
     n = len(ds)
     out = np.asarray(ds.splits if ds.splits is not None else np.full(n, ""), dtype=object).astype("<U8")
     if ds.kind == "npz":
         return out
-    strata, groups = _strata(ds), _groups(ds)
-    _check_groups_consistent(out, groups)
+    strata, groups = _strata(ds), (_groups(ds) if groups is None else np.asarray(groups))
+    _check_groups_consistent(out, _groups(ds))  # patients; copies across given splits are refused later by name
     unassigned = np.flatnonzero(out == "")
     if len(unassigned) == 0:
         return out

@@ -104,25 +104,35 @@ def load_keras_parts(info: RunInfo, p: Path) -> tuple[Any, Any]:
 
 
 _TASKS = {"classifier": ("binary", "multiclass", "multilabel"), "sequence_classifier": ("binary", "multiclass"),
-          "segmenter": ("segmentation",)}
+          "segmenter": ("binary", "segmentation")}  # run_info reads a segmenter's "segmentation" as binary
 
 
 def check_run_matches_model(info: RunInfo, model: Any, p: Path) -> None:
     """run.json must describe the model it sits next to (task, class count vs output units, input size): a
     hand-edited or mismatched run.json would otherwise mislabel every prediction. One-line error naming it."""
     where = p / RUN_FILE
-    task, names = info.task, list(info.class_names or [])
+    task, names = info.task, info.class_names
     allowed = _TASKS.get(info.kind)
     if allowed and task not in allowed:
         raise InputError(f"task {task!r} is not one a {info.kind} has ({', '.join(allowed)})", where)
-    if len(set(map(str, names))) != len(names) or len(names) < (1 if task == "multilabel" else 2):
-        raise InputError(f"class_names {names!r} must be at least two distinct names", where)
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names) \
+            or len(set(names)) != len(names) or len(names) < (1 if task == "multilabel" else 2):
+        raise InputError(f"class_names {names!r} must be a list of at least two distinct names", where)
+    if task == "binary" and info.kind != "segmenter" and len(names) != 2:
+        raise InputError(f"a binary task has 2 class names, not {len(names)}", where)
+    if not isinstance(info.input_shape, (list, tuple)):
+        raise InputError(f"input_shape must be a list, got {info.input_shape!r}", where)
     try:
         out_shape = tuple(model.output_shape)
         in_shape = tuple(model.input_shape)
     except (AttributeError, ValueError, TypeError):  # several inputs/outputs: not a layout meddx writes
         raise InputError(f"model.keras has several inputs or outputs; {RUN_FILE} describes one", p) from None
     units = out_shape[-1]
+    spatial_out = len(out_shape) == len(in_shape) and len(out_shape) > 2
+    if info.kind == "segmenter" and not spatial_out:
+        raise InputError(f"says segmenter but model.keras outputs {out_shape}, not a mask", where)
+    if info.kind in ("classifier", "sequence_classifier") and len(out_shape) != 2:
+        raise InputError(f"says {info.kind} but model.keras outputs {out_shape}, not class scores", where)
     if info.kind in ("classifier", "sequence_classifier"):
         want = 1 if task == "binary" else len(names)
         if units is not None and int(units) != want:
