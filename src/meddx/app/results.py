@@ -156,7 +156,7 @@ def composite_png(grey: np.ndarray, overlay: np.ndarray | None, kind: str | None
             colour = np.stack([np.ones_like(o), o, np.zeros_like(o)], axis=-1)
             alpha = 0.55 * o * (o > 0.2)
         rgb = rgb * (1 - alpha[..., None]) + colour * alpha[..., None]
-    PILImage.fromarray((rgb * 255).round().astype(np.uint8)).save(path)
+    PILImage.fromarray((rgb * 255).round().astype(np.uint8)).save(path, compress_level=1)
     return path
 
 
@@ -247,6 +247,14 @@ def save_result(root: str | Path, study_id: str | None, prediction: Any, model_n
     `extra` adds top-level fields to result.json (e.g. {"orthanc_study": "...", "status": "..."}: no PHI);
     `attachments` maps names in ATTACHMENTS to a file path or bytes (e.g. the rendered report)."""
     study_id = check_id(study_id or new_study_id())
+    store_prediction(root, study_id, prediction, model_name, extra, model_version, attachments)
+    return Path(root) / study_id
+
+
+def store_prediction(root: str | Path, study_id: str, prediction: Any, model_name: str,
+                     extra: dict[str, Any] | None = None, model_version: str | None = None,
+                     attachments: dict[str, str | Path | bytes] | None = None) -> dict[str, Any]:
+    """`save_result`, returning the stored result.json content instead of the folder."""
     res = result_dict(study_id, prediction, model_name, model_version, extra)
 
     def fill(tmp: Path) -> None:
@@ -256,7 +264,8 @@ def save_result(root: str | Path, study_id: str | None, prediction: Any, model_n
         res["attachments"] = sorted(n for n in ATTACHMENTS if (tmp / n).is_file())
         (tmp / RESULT_FILE).write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
 
-    return _install(Path(root), study_id, fill)
+    _install(Path(root), study_id, fill)
+    return res
 
 
 def save_status(root: str | Path, study_id: str | None, status: str, model_name: str,

@@ -1,20 +1,21 @@
-"""A bounded pool of inference threads that batches what is queued: each worker takes a job, then everything
-else waiting for the same model (up to `max_batch`), decodes the uploads and calls `predict_batch` once.
+"""Bounded, batching inference for the service: admission control (at most `limit` requests in flight, else
+`Busy` -> HTTP 503), decoding and result writing in a small thread pool, and `workers` model threads that each
+take a job plus everything else queued for the same model (up to `max_batch`) and call `predict_batch` once.
 
-Admission is bounded: when `limit` jobs are already in flight, `submit` raises `Busy` (the server answers 503)
-instead of letting a queue grow without end. Everything CPU-bound (decoding, the model, saving the results) runs
-in these threads, never on the server's event loop.
+Nothing CPU-bound runs on the server's event loop; the queue cannot grow without bound.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from meddx.errors import MeddxError
 
@@ -22,29 +23,29 @@ log = logging.getLogger(__name__)
 
 
 class Busy(Exception):
-    """The pool already holds its limit of jobs (HTTP 503)."""
+    """The pool already holds its limit of requests (HTTP 503)."""
 
 
 @dataclass
 class Job:
-    """One request's work: `decode()` -> image, then the model named `model` with `options`, then `finish`."""
+    """One image waiting for the model named `model`, called with `options`."""
 
     model: str
-    decode: Callable[[], Any]
+    image: Any
     options: dict[str, Any] = field(default_factory=dict)
-    finish: Callable[[Any, Any], Any] | None = None  # (image, prediction) -> response value
     future: Future = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
-    started_at: float = 0.0
 
     def key(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
         return self.model, tuple(sorted(self.options.items()))
 
 
 class InferencePool:
-    """`workers` threads predicting with `predictors` (name -> in-memory predictor); at most `limit` jobs in flight."""
+    """`workers` model threads for `predictors` (name -> in-memory predictor); at most `limit` requests in flight;
+    `cpu_threads` threads decode uploads and write results around the model calls."""
 
-    def __init__(self, predictors: dict[str, Any], workers: int = 2, limit: int = 32, max_batch: int = 16) -> None:
+    def __init__(self, predictors: dict[str, Any], workers: int = 2, limit: int = 32, max_batch: int = 32,
+                 cpu_threads: int | None = None) -> None:
         if workers < 1 or limit < 1:
             raise ValueError("workers and the queue limit must be >= 1")
         self.predictors = predictors
@@ -53,8 +54,9 @@ class InferencePool:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._in_flight = 0
-        self.batches: list[int] = []  # sizes of recent model calls (kept short), for /healthz and the benchmark
-        self._threads = [threading.Thread(target=self._work, name=f"meddx-infer-{i}", daemon=True)
+        self._cpu = ThreadPoolExecutor(max_workers=cpu_threads or max(2, 2 * workers), thread_name_prefix="meddx-io")
+        self.batches: list[int] = []  # sizes of recent model calls (for /healthz and the benchmark)
+        self._threads = [threading.Thread(target=self._work, name=f"meddx-model-{i}", daemon=True)
                          for i in range(workers)]
         for t in self._threads:
             t.start()
@@ -63,20 +65,36 @@ class InferencePool:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def submit(self, job: Job) -> Future:
-        """Queue `job`; Busy when `limit` jobs are already waiting or running."""
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Count one request in flight for the block; Busy at once when `limit` are already in flight."""
         with self._lock:
             if self._in_flight >= self.limit:
                 raise Busy(f"{self._in_flight} requests in flight (limit {self.limit})")
             self._in_flight += 1
-        self._queue.put(job)
-        return job.future
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    async def run(self, model: str, decode: Callable[[], Any], finish: Callable[[Any, Any], Any],
+                  options: dict[str, Any] | None = None) -> Any:
+        """Admit, decode (thread), predict (model thread, batched with others), finish (thread)."""
+        loop = asyncio.get_running_loop()
+        with self.admit():
+            image = await loop.run_in_executor(self._cpu, decode)
+            job = Job(model, image, dict(options or {}))
+            self._queue.put(job)
+            pred = await asyncio.wrap_future(job.future)
+            return await loop.run_in_executor(self._cpu, finish, image, pred)
 
     def close(self) -> None:
         for _ in self._threads:
             self._queue.put(None)
         for t in self._threads:
             t.join(timeout=30)
+        self._cpu.shutdown(wait=False, cancel_futures=True)
 
     def _take(self) -> list[Job] | None:
         first = self._queue.get()
@@ -88,7 +106,7 @@ class InferencePool:
                 nxt = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if nxt is None:  # closing: let another worker see it
+            if nxt is None:  # closing: let another worker see it too
                 self._queue.put(None)
                 break
             jobs.append(nxt)
@@ -101,37 +119,25 @@ class InferencePool:
                 groups.setdefault(j.key(), []).append(j)
             for group in groups.values():
                 try:
-                    self._run_group(group)
-                except BaseException as exc:  # noqa: BLE001 - a worker must never die; the job gets the error
+                    self._predict(group)
+                except BaseException as exc:  # noqa: BLE001 - a model thread must never die; the jobs get it
                     for j in group:
                         if not j.future.done():
                             j.future.set_exception(exc)
-            with self._lock:
-                self._in_flight -= len(jobs)
 
-    def _run_group(self, group: Sequence[Job]) -> None:
-        """Decode each job's upload (a bad one fails alone), predict the rest in one batch, finish each."""
+    def _predict(self, group: Sequence[Job]) -> None:
+        """One `predict_batch` for the group; when it refuses one image, one at a time so only that job fails."""
         predictor = self.predictors[group[0].model]
-        ready: list[tuple[Job, Any]] = []
-        for j in group:
-            j.started_at = time.perf_counter()
-            try:
-                ready.append((j, j.decode()))
-            except Exception as exc:  # noqa: BLE001 - handed to the request, which maps it to a 4xx/5xx
-                j.future.set_exception(exc)
-        if not ready:
-            return
         options = dict(group[0].options)
-        images = [img for _, img in ready]
+        images = [j.image for j in group]
         try:
             preds = predictor.predict_batch(images, **options) if len(images) > 1 else \
                 [predictor.predict(images[0], **options)]
         except MeddxError:
-            preds = None  # one image is the problem: one at a time, so only its request fails
+            preds = None
         self.batches = (self.batches + [len(images)])[-1000:]
-        for i, (j, img) in enumerate(ready):
+        for i, j in enumerate(group):
             try:
-                pred = preds[i] if preds is not None else predictor.predict(img, **options)
-                j.future.set_result(j.finish(img, pred) if j.finish else pred)
+                j.future.set_result(preds[i] if preds is not None else predictor.predict(j.image, **options))
             except Exception as exc:  # noqa: BLE001
                 j.future.set_exception(exc)

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from meddx.errors import ConfigError, InputError, MeddxError
-from meddx.service.pool import Busy, InferencePool, Job
+from meddx.service.pool import Busy, InferencePool
 from meddx.service.security import UploadTooLarge, is_zip, read_token, safe_extract, token_ok, upload_suffix
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,68 @@ def _render_report(predictor: Any, pred: Any, tmp: Path) -> dict[str, bytes]:
     return {"report.html": html.encode("utf-8"), "report.pdf": Path(paths["pdf"]).read_bytes()}
 
 
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store"),
+                    (b"referrer-policy", b"no-referrer")]
+CSP = (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+       b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+class Guard:
+    """ASGI middleware in front of every route: request id, bearer token on /v1, the upload size limit by
+    Content-Length, security headers, and one audit line per request (no query values, headers or file names)."""
+
+    def __init__(self, app: Any, state: ServiceState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        rid = uuid.uuid4().hex[:12]
+        info = scope.setdefault("state", {})
+        info.update(rid=rid, model="-", outcome="ok")
+        path = scope.get("path", "")
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        status = [0]
+        extra = [(b"x-request-id", rid.encode()), *SECURITY_HEADERS]
+        if path == "/" or path.startswith("/static/"):
+            extra.append(CSP)
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [h for h in extra if h[0] not in have]
+            await send(message)
+
+        try:
+            length = headers.get(b"content-length", b"")
+            if path.startswith("/v1/") and not token_ok(headers.get(b"authorization", b"").decode("latin-1"),
+                                                        self.state.token):
+                info["outcome"] = "unauthorised"
+                await JSONResponse({"detail": "missing or invalid bearer token"}, status_code=401,
+                                   headers={"WWW-Authenticate": "Bearer"})(scope, receive, send_with_headers)
+            elif path.startswith("/v1/") and length.isdigit() and int(length) > self.state.max_bytes + 65536:
+                info["outcome"] = "too_large"
+                await JSONResponse({"detail": f"upload over the limit of {self.state.max_bytes} bytes"},
+                                   status_code=413)(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
+        except Exception as exc:  # noqa: BLE001 - one line, never a traceback with request data
+            log.error("request %s failed: %s", rid, type(exc).__name__)
+            info["outcome"] = "error"
+            if not status[0]:
+                await JSONResponse({"detail": "internal error", "request_id": rid},
+                                   status_code=500)(scope, receive, send_with_headers)
+        finally:
+            if not path.startswith("/static/") and path != "/favicon.ico":
+                audit.info("audit request=%s method=%s route=%s model=%s status=%d outcome=%s ms=%.0f in_flight=%d",
+                           rid, scope.get("method", "-"), _route(path), info.get("model", "-"), status[0],
+                           info.get("outcome", "-"), 1000 * (time.perf_counter() - t0), self.state.pool.in_flight)
+
+
 def create_app(predictors: dict[str, Any], token: str, results: str | Path, workers: int = 2, queue: int = 32,
                max_upload_mb: float = 512, orthanc_url: str | None = None, tmp_root: str | Path | None = None) -> Any:
     """The FastAPI application (tests call this with predictors already loaded; `serve` runs it)."""
@@ -190,42 +252,7 @@ def create_app(predictors: dict[str, Any], token: str, results: str | Path, work
                   "viewer. Every /v1 route needs `Authorization: Bearer <token>`.")
     app.state.meddx = state
 
-    @app.middleware("http")
-    async def audit_and_auth(request: Request, call_next: Any) -> Any:
-        rid = uuid.uuid4().hex[:12]
-        request.state.rid = rid
-        request.state.model = "-"
-        request.state.outcome = "ok"
-        t0 = time.perf_counter()
-        path = request.url.path
-        if path.startswith("/v1/") and not token_ok(request.headers.get("authorization"), state.token):
-            response: Any = JSONResponse({"detail": "missing or invalid bearer token"}, status_code=401,
-                                         headers={"WWW-Authenticate": "Bearer"})
-            request.state.outcome = "unauthorised"
-        else:
-            length = request.headers.get("content-length")
-            if path.startswith("/v1/") and length and length.isdigit() and int(length) > state.max_bytes + 65536:
-                response = JSONResponse({"detail": f"upload over the limit of {state.max_bytes} bytes"},
-                                        status_code=413)
-                request.state.outcome = "too_large"
-            else:
-                try:
-                    response = await call_next(request)
-                except Exception as exc:  # noqa: BLE001 - one line, never a traceback with request data
-                    log.error("request %s failed: %s", rid, type(exc).__name__)
-                    response = JSONResponse({"detail": "internal error", "request_id": rid}, status_code=500)
-                    request.state.outcome = "error"
-        response.headers["X-Request-ID"] = rid
-        response.headers.setdefault("Cache-Control", "no-store")
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        if path == "/" or path.startswith("/static/"):
-            response.headers["Content-Security-Policy"] = (
-                "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; frame-ancestors 'none'")
-        if not (path.startswith("/static/") or path in ("/favicon.ico",)):
-            audit.info("audit request=%s method=%s route=%s model=%s status=%d outcome=%s ms=%.0f in_flight=%d",
-                       rid, request.method, _route(path), request.state.model, response.status_code,
-                       request.state.outcome, 1000 * (time.perf_counter() - t0), state.pool.in_flight)
-        return response
+    app.add_middleware(Guard, state=state)
 
     def refuse(request: Request, status: int, reason: str, outcome: str) -> JSONResponse:
         request.state.outcome = outcome
@@ -280,9 +307,7 @@ def create_app(predictors: dict[str, Any], token: str, results: str | Path, work
         folder = Path(tempfile.mkdtemp(prefix="meddx-upload-", dir=state.tmp_root))
         try:
             path = await receive_upload(request, folder)
-            job = Job(model=model, decode=_decoder(path, state.predictors[model]), options=options, finish=finish)
-            fut = state.pool.submit(job)
-            return await asyncio.wrap_future(fut)
+            return await state.pool.run(model, _decoder(path, state.predictors[model]), finish, options)
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)
 
@@ -304,8 +329,10 @@ def create_app(predictors: dict[str, Any], token: str, results: str | Path, work
     @app.get("/healthz", include_in_schema=True)
     async def healthz() -> dict[str, Any]:
         """Liveness: no token needed, nothing about studies."""
+        batches = state.pool.batches[-200:]
         return {"status": "ok", "models": len(state.predictors), "in_flight": state.pool.in_flight,
-                "queue_limit": state.pool.limit, "uptime_s": round(time.time() - state.started)}
+                "queue_limit": state.pool.limit, "uptime_s": round(time.time() - state.started),
+                "mean_batch": round(sum(batches) / len(batches), 2) if batches else None}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -324,8 +351,8 @@ def create_app(predictors: dict[str, Any], token: str, results: str | Path, work
 
         def finish(image: Any, pred: Any) -> dict[str, Any]:
             if save:
-                folder = store.save_result(state.results, study_id, pred, name, model_version=model_version(predictor))
-                res = store.load_result(state.results, folder.name)
+                res = store.store_prediction(state.results, study_id, pred, name,
+                                             model_version=model_version(predictor))
             else:
                 res = store.result_dict(study_id, pred, name, model_version(predictor))
             return _prediction_json(res, study_id)
@@ -335,7 +362,7 @@ def create_app(predictors: dict[str, Any], token: str, results: str | Path, work
         if isinstance(out, Response):
             return out
         out["request_id"] = request.state.rid
-        return out
+        return JSONResponse(out)
 
     @app.post("/v1/report")
     async def report(request: Request, model: str | None = None, format: str = "html") -> Any:  # noqa: A002
@@ -391,6 +418,10 @@ def create_app(predictors: dict[str, Any], token: str, results: str | Path, work
         media = {".png": "image/png", ".json": "application/json", ".html": "text/html",
                  ".pdf": "application/pdf"}.get(path.suffix, "application/octet-stream")
         return FileResponse(path, media_type=media)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)
 
     @app.get("/", include_in_schema=False)
     async def index() -> Any:
