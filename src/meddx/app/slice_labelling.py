@@ -2,13 +2,16 @@
 
 INPUT is a stack: a folder of numbered slices (`<name>_<n>.png|tif`, masks `*_mask.*` ignored), a DICOM series
 folder or a 3D volume (slices along its first axis). predictions.csv has one row per stack (the lesion's extent:
-first-last slice number, slice count, runs) and slices.csv one row per slice (raw and smoothed probability/label).
+first-last slice number, slice count, runs, length in mm when the slice spacing is known) and slices.csv one row
+per slice (raw and smoothed probability/label); the report has a "Lesion extent along the stack" section.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from meddx.app.common import Log, logger_or, write_csv
 from meddx.errors import InputError, naming
@@ -44,14 +47,57 @@ def _runs_text(runs: list[list[int]]) -> str:
     return " ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
 
 
+def slice_spacing_mm(image: Any) -> float | None:
+    """The distance between slices in mm when the input says it (DICOM series, NIfTI volume), else None (a folder
+    of PNG/TIFF slices carries no spacing)."""
+    if not getattr(image, "has_geometry", False) or getattr(image, "spatial_ndim", 0) != 3:
+        return None
+    sp = tuple(getattr(image, "spacing", ()) or ())
+    return float(sp[0]) if sp and np.isfinite(sp[0]) and sp[0] > 0 else None
+
+
+def lesion_extent(pred: Any) -> dict[str, Any]:
+    """The lesion's extent along the stack: first-last slice (numbers), slice count, runs and, when the slice
+    spacing is known, the length in mm from the first lesion slice to the last (slices x spacing)."""
+    d = pred.details
+    dz = slice_spacing_mm(pred.image)
+    n, total = int(d["n_lesion_slices"]), int(d["n_slices"])
+    span = None if d.get("first_index") is None else int(d["last_index"]) - int(d["first_index"]) + 1
+    length = None if (dz is None or span is None) else round(span * dz, 2)
+    return {"n_lesion_slices": n, "n_slices": total, "first_slice": d["first_slice"], "last_slice": d["last_slice"],
+            "runs": _runs_text(d["lesion_runs_numbers"]), "span_slices": span, "slice_spacing_mm": dz,
+            "length_mm": length}
+
+
+def _extent_report(pred: Any) -> dict[str, Any]:
+    """The report's 'Lesion extent along the stack' section: a sentence and a key/value table."""
+    e = lesion_extent(pred)
+    smoother = str(pred.details["smoother"]).upper()
+    if not e["n_lesion_slices"]:
+        return {"sentence": f"No slice labelled as lesion ({e['n_slices']} slices, {smoother} smoothing).",
+                "rows": [["Slices with lesion", f"0 of {e['n_slices']}"]]}
+    if e["length_mm"] is not None:
+        length = f"{e['length_mm']:.1f} mm ({e['span_slices']} slices × {e['slice_spacing_mm']:.3g} mm)"
+    else:
+        length = "unknown: the slices carry no spacing (a folder of slice images)"
+    rows = [["Slices with lesion", f"{e['n_lesion_slices']} of {e['n_slices']}"],
+            ["First–last lesion slice", f"{e['first_slice']}–{e['last_slice']}"],
+            ["Lesion runs (slice numbers)", e["runs"]],
+            ["Extent along the stack", length],
+            ["Smoothing", smoother]]
+    return {"sentence": _extent_sentence(pred), "rows": rows}
+
+
 def predict_row(source: str, pred: Any) -> dict[str, Any]:
     """predictions.csv's row for one stack."""
     d = pred.details
+    ext = lesion_extent(pred)
     return {"input": source, "predicted": pred.label, "probability": round(pred.probability, 6),
             **{f"p_{c}": round(v, 6) for c, v in pred.probabilities.items()},
             "n_slices": d["n_slices"], "n_lesion_slices": d["n_lesion_slices"],
             "first_slice": d["first_slice"], "last_slice": d["last_slice"],
-            "lesion_runs": _runs_text(d["lesion_runs_numbers"]), "n_lesion_slices_raw": d["n_lesion_slices_raw"],
+            "lesion_runs": _runs_text(d["lesion_runs_numbers"]), "extent_mm": ext["length_mm"],
+            "n_lesion_slices_raw": d["n_lesion_slices_raw"],
             "smoother": d["smoother"], "slice_labels": "".join(map(str, d["slice_labels"]))}
 
 
@@ -100,6 +146,7 @@ def report_stacks(predictor: Any, inputs: Sequence[str | Path], out: str | Path,
             pred = predictor.predict(image, numbers=numbers)
         s = pred.to_study(str(f))
         s["note"] = _extent_sentence(pred)
+        s["lesion_extent"] = _extent_report(pred)
         studies.append(s)
         rows.append(predict_row(str(f), pred))
         per_slice.extend(slice_rows(str(f), pred))
@@ -120,5 +167,8 @@ def _extent_sentence(pred: Any) -> str:
     d = pred.details
     if not d["n_lesion_slices"]:
         return f"No slice labelled as lesion ({d['n_slices']} slices, {d['smoother'].upper()} smoothing)."
+    length = lesion_extent(pred)["length_mm"]
+    mm = f", {length:.1f} mm along the stack" if length is not None else ""
     return (f"Lesion on {d['n_lesion_slices']} of {d['n_slices']} slices, slice {d['first_slice']} to "
-            f"{d['last_slice']} (runs: {_runs_text(d['lesion_runs_numbers'])}; {d['smoother'].upper()} smoothing).")
+            f"{d['last_slice']}{mm} (runs: {_runs_text(d['lesion_runs_numbers'])}; {d['smoother'].upper()} "
+            "smoothing).")
