@@ -286,8 +286,25 @@ def _write_attachment(folder: Path, name: str, data: str | Path | bytes) -> None
         raise InputError(f"unknown attachment '{name}' (allowed: {', '.join(ATTACHMENTS)})")
     if isinstance(data, bytes):
         (folder / name).write_bytes(data)
+    elif name.endswith(".html"):  # a report folder's HTML: its PNGs inlined, so the one file stands alone
+        html = Path(data).read_text(encoding="utf-8", errors="replace")
+        (folder / name).write_text(inline_images(html, Path(data).parent), encoding="utf-8")
     else:
         shutil.copyfile(data, folder / name)
+
+
+def inline_images(html: str, folder: Path) -> str:
+    """`html` with the PNGs it names in `folder` inlined as data: URIs (one self-contained file)."""
+    import base64
+
+    def sub(m: re.Match[str]) -> str:
+        src = m.group(1)
+        p = folder / src
+        if "/" in src or "\\" in src or not src.endswith(".png") or not p.is_file():
+            return m.group(0)
+        return 'src="data:image/png;base64,' + base64.b64encode(p.read_bytes()).decode("ascii") + '"'
+
+    return re.sub(r'src="([^"]+)"', sub, html)
 
 
 def attach(root: str | Path, study_id: str, name: str, data: str | Path | bytes) -> Path:
@@ -299,11 +316,10 @@ def attach(root: str | Path, study_id: str, name: str, data: str | Path | bytes)
         raise InputError(f"unknown attachment '{name}' (allowed: {', '.join(ATTACHMENTS)})")
     from meddx.utils import atomic_path
 
-    with atomic_path(folder / name) as tmp:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            shutil.copyfile(data, tmp)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".att-") as work:
+        _write_attachment(Path(work), name, data)
+        with atomic_path(folder / name) as tmp:
+            os.replace(Path(work) / name, tmp)
     res = load_result(root, study_id)
     res["attachments"] = sorted(n for n in ATTACHMENTS if (folder / n).is_file())
     from meddx.utils import atomic_write_json

@@ -9,7 +9,6 @@ status, milliseconds) and nothing of the upload (no file names, no DICOM identif
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import re
@@ -143,19 +142,6 @@ def _prediction_json(res: dict[str, Any], study_id: str) -> dict[str, Any]:
     return out
 
 
-def inline_images(html: str, folder: Path) -> str:
-    """The report's HTML with its PNGs inlined as data: URIs (one self-contained file)."""
-
-    def sub(m: re.Match[str]) -> str:
-        src = m.group(1)
-        p = folder / src
-        if "/" in src or not src.endswith(".png") or not p.is_file():
-            return m.group(0)
-        return 'src="data:image/png;base64,' + base64.b64encode(p.read_bytes()).decode("ascii") + '"'
-
-    return re.sub(r'src="([^"]+)"', sub, html)
-
-
 def _render_report(predictor: Any, pred: Any, tmp: Path) -> dict[str, bytes]:
     """report.html (images inlined) and report.pdf of one prediction, as bytes."""
     from meddx.report import render_study_report
@@ -167,6 +153,8 @@ def _render_report(predictor: Any, pred: Any, tmp: Path) -> dict[str, bytes]:
     out = tmp / "report"
     with _report_lock:
         paths = render_study_report(pred.to_study("upload"), info, out, include_phi=False)
+    from meddx.app.results import inline_images
+
     html = inline_images(Path(paths["html"]).read_text(encoding="utf-8"), out)
     return {"report.html": html.encode("utf-8"), "report.pdf": Path(paths["pdf"]).read_bytes()}
 
