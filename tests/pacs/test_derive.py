@@ -75,7 +75,8 @@ def test_derived_objects_for_a_segmenter(ct, tmp_path):
     src = datasets[0]
     sr = hd.sr.srread(paths["sr"])
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
-    assert sr.SeriesDescription == model.sr_description
+    assert sr.SeriesDescription == model.sr_description(refs["SeriesInstanceUID"])
+    assert len(sr.SeriesDescription) <= 64 and "liver_seg" in sr.SeriesDescription
     assert sr.StudyInstanceUID == src.StudyInstanceUID and sr.SeriesInstanceUID != src.SeriesInstanceUID
     assert sr.PatientName == src.PatientName and sr.PatientBirthDate == src.PatientBirthDate  # patient module kept
     ev = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]

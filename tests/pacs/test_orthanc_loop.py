@@ -152,7 +152,7 @@ def test_stow_upload_gets_an_sr_back_and_a_second_upload_nothing_new(orthanc, wa
     assert len(refs[0].ReferencedSOPSequence) == len(datasets)
     groups = sr.content.get_image_measurement_groups()
     assert groups and groups[0].finding_type.scheme_designator == "SCT"
-    assert sr.SeriesDescription == next(iter(w.models.values())).sr_description
+    assert sr.SeriesDescription == next(iter(w.models.values())).sr_description(series_uid)
 
     # wait for the watcher to drain the feed (our own SR/PDF made the study stable again: skipped)
     def drained() -> bool:

@@ -129,6 +129,8 @@ class FakeOrthanc:
         self.stored = []
         self.sr = {}
         self.deleted = set()
+        self.n_series = 1
+        self.broken = set()  # series whose first store fails
 
     def changes(self, since, limit=2):
         if self.feed_down:
@@ -149,13 +151,18 @@ class FakeOrthanc:
         return f"1.2.999.{oid}"
 
     def series(self, uid):
-        out = [{"uid": uid + ".1", "modality": "CT", "body_part": "", "description": ""}]
+        out = [{"uid": f"{uid}.{k}", "modality": "CT", "body_part": "", "description": ""}
+               for k in range(1, self.n_series + 1)]
         out += [{"uid": uid + ".9", "modality": "SR", "body_part": "", "description": d} for d in self.sr.get(uid, [])]
         return out
 
 
-class FakeModel:
-    name, version, key, sr_description = "m", "1", "m@1", "meddx SR m 1"
+def FakeModel():
+    from pathlib import Path
+
+    from meddx.pacs.derive import Model
+
+    return Model(name="m", version="1", predictor=None, run_dir=Path("."))
 
 
 def make_watcher(tmp_path, client, **kw):
@@ -166,8 +173,11 @@ def make_watcher(tmp_path, client, **kw):
     calls = []
 
     def process_series(model, study_uid, series, heatmap_seg, orthanc_id):
-        calls.append(orthanc_id)
-        client.sr.setdefault(study_uid, []).append(model.sr_description)
+        if series["uid"] in client.broken:
+            client.broken.discard(series["uid"])
+            raise NetworkError("Orthanc STOW-RS store: HTTP 503")
+        calls.append(orthanc_id if client.n_series == 1 else series["uid"])
+        client.sr.setdefault(study_uid, []).append(model.sr_description(series["uid"]))
         return "finding", ["SR"]
 
     w.process_series = process_series
@@ -215,7 +225,7 @@ def test_killed_watcher_resumes_from_last_finished_change(tmp_path):
 
 def test_result_already_in_orthanc_is_not_redone(tmp_path):
     client = FakeOrthanc(1)
-    client.sr["1.2.999.s1"] = ["meddx SR m 1"]  # e.g. the state folder was lost
+    client.sr["1.2.999.s1"] = [FakeModel().sr_description("1.2.999.s1.1")]  # e.g. the state folder was lost
     w, calls = make_watcher(tmp_path, client)
     assert w.run(once=True)["skipped"] == 1 and calls == []
     assert w.state.data["done"]  # and recorded
@@ -235,6 +245,18 @@ def test_failures_are_retried_then_recorded_never_dropped(tmp_path, caplog):
     text = caplog.text
     assert "change feed unavailable" in text and "attempt 1/3 failed" in text and "recorded as failed" in text
     assert "1.2.999" not in text  # no Study UIDs in logs
+    w.state.close()
+
+
+def test_multi_series_study_retry_redoes_only_the_unfinished_series(tmp_path):
+    client = FakeOrthanc(1)
+    client.n_series = 3
+    client.broken = {"1.2.999.s1.2"}
+    w, calls = make_watcher(tmp_path, client)
+    assert w.run(once=True) == {"processed": 1, "skipped": 0, "failed": 0}
+    # series 1 stored, series 2 failed once, the retry did series 2 and 3 only: one SR per series
+    assert calls == ["1.2.999.s1.1", "1.2.999.s1.2", "1.2.999.s1.3"]
+    assert len(set(client.sr["1.2.999.s1"])) == 3
     w.state.close()
 
 

@@ -29,10 +29,12 @@ class Model:
     def key(self) -> str:
         return f"{self.name}@{self.version}"
 
-    @property
-    def sr_description(self) -> str:
-        """SeriesDescription of this model's SR: how a study already processed by it is recognised in Orthanc."""
-        return f"meddx SR {self.name[:36]} {self.version}"[:64]
+    def sr_description(self, series_uid: str) -> str:
+        """SeriesDescription of this model's SR of one source series (name, version, a hash of the series UID):
+        how a series already processed by this model is recognised in Orthanc."""
+        from meddx.pacs.state import study_key
+
+        return f"meddx SR {self.name[:24]} {self.version[:20]} {study_key(series_uid)[:8]}"
 
     def report_info(self) -> dict[str, Any]:
         info = self.predictor.info.to_dict()
@@ -115,6 +117,7 @@ def derived_objects(model: Model, prediction: Any, sources: Any, out: Path,
                "threshold": prediction.threshold, "model": model.name, "version": model.version,
                "positive_class": prediction.positive_class, "in_distribution": ok}
     lesions = [les for les in (prediction.lesions or []) if ok]
+    series_uid = str(image.metadata["dicom_refs"]["SeriesInstanceUID"])
     paths["sr"] = write_dicom_sr(image, finding, lesions, datasets, out / "sr.dcm",
-                                 series_description=model.sr_description)
+                                 series_description=model.sr_description(series_uid))
     return paths

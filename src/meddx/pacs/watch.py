@@ -129,7 +129,7 @@ class Watcher:
         if not plan:
             log.info("study %s: no series for any model; nothing to do", skey)
             return
-        existing = None
+        existing = {s["description"] for s in series if s["modality"] == "SR"}
         for name, todo in plan.items():
             model = self.models[name]
             key = f"{skey}:{model.key}"
@@ -137,18 +137,24 @@ class Watcher:
                 log.info("study %s: already processed by %s; skipped", skey, model.key)
                 self.stats["skipped"] += 1
                 continue
-            if existing is None:
-                existing = {s["description"] for s in series if s["modality"] == "SR"}
-            if model.sr_description in existing:
-                log.info("study %s: Orthanc already holds an SR from %s; skipped", skey, model.key)
-                self.state.mark_done(key, model=model.key, found_in_pacs=True)
+            t0 = time.perf_counter()
+            outcomes, found = [], 0
+            for s, heatmap_seg in todo:
+                series_key = f"{skey}:{study_key(s['uid'])[:8]}:{model.key}"
+                if self.state.is_done(series_key) or model.sr_description(s["uid"]) in existing:
+                    found += 1  # this series' SR is already in Orthanc (or was stored before a restart)
+                    continue
+                outcome, kinds = self.process_series(model, study_uid, s, heatmap_seg, orthanc_id)
+                self.state.mark_done(series_key, model=model.key, outcome=outcome)
+                outcomes.append((outcome, kinds))
+            self.state.mark_done(key, model=model.key, series=len(todo), found_in_pacs=found,
+                                 outcomes=[o for o, _ in outcomes])
+            if not outcomes:
+                log.info("study %s: Orthanc already holds the SR from %s; skipped", skey, model.key)
                 self.stats["skipped"] += 1
                 continue
-            t0 = time.perf_counter()
-            outcomes = [self.process_series(model, study_uid, s, heatmap_seg, orthanc_id) for s, heatmap_seg in todo]
-            self.state.mark_done(key, model=model.key, series=len(todo), outcomes=[o for o, _ in outcomes])
             self.stats["processed"] += 1
-            log.info("study %s: %d series read by %s in %.1f s (%s); stored %s", skey, len(todo), model.key,
+            log.info("study %s: %d series read by %s in %.1f s (%s); stored %s", skey, len(outcomes), model.key,
                      time.perf_counter() - t0, ", ".join(o for o, _ in outcomes),
                      ", ".join(sorted({k for _, kinds in outcomes for k in kinds})))
 
@@ -190,8 +196,11 @@ class Watcher:
         extra = {"orthanc_study": orthanc_id, "source": "pacs", "modality": series.get("modality")}
         attachments = {n: paths[k] for n, k in (("report.pdf", "report_pdf"), ("report.html", "report_html"))
                        if k in paths and paths[k].is_file()}
-        save_result(self.results, sid, prediction, model.name, extra=extra, model_version=model.version,
-                    attachments=attachments)
+        try:
+            save_result(self.results, sid, prediction, model.name, extra=extra, model_version=model.version,
+                        attachments=attachments)
+        except (OSError, ValueError) as exc:  # the PACS has the result; the viewer's copy is a convenience
+            log.warning("results store: could not save %s (%s)", sid, _error_text(exc))
 
 
 def build_watcher(orthanc_url: str, models: Sequence[str | Path], routing: str | Path | None = None,
