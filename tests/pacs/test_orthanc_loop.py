@@ -27,6 +27,9 @@ pytestmark = [
 ]
 
 
+pytest.importorskip("dicomweb_client", reason="dicomweb-client is not installed (pip install 'meddx[serve]')")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -80,6 +80,7 @@ def test_routing_rules_first_match_default_and_non_images(tmp_path):
 
 
 def test_routing_from_yaml_and_errors(tmp_path):
+    pytest.importorskip("yaml")
     f = tmp_path / "rules.yaml"
     f.write_text("rules:\n  - model: brain\n    modality: MR\n")
     assert load_routing(f, ["brain", "cxr"]).choose(MR) == ("brain", False)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from meddx.errors import NetworkError
+from meddx.errors import ConfigError, NetworkError
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,11 @@ class OrthancClient:
     """Orthanc at `url` (e.g. http://127.0.0.1:8042) with basic-auth `credentials` (user, password) or none."""
 
     def __init__(self, url: str, credentials: tuple[str, str] | None = None, timeout: float = 120.0) -> None:
-        import requests
-        from dicomweb_client import DICOMwebClient
+        try:
+            import requests
+            from dicomweb_client import DICOMwebClient
+        except ImportError:
+            raise ConfigError("meddx pacs needs dicomweb-client: pip install 'meddx[serve]'") from None
 
         self.url = url.rstrip("/")
         self.timeout = timeout

@@ -108,7 +108,10 @@ def load_routing(path: str | Path | None, names: Sequence[str]) -> Routing:
         if len(names) != 1:
             raise ConfigError(f"{len(names)} models given: --routing must say which reads which series")
         return Routing([], names[0])
-    import yaml
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError("--routing needs PyYAML: pip install 'meddx[serve]'") from None
 
     p = Path(path)
     try:
