@@ -235,7 +235,7 @@ def test_result_already_in_orthanc_is_not_redone(tmp_path):
 
 def test_failures_are_retried_then_recorded_never_dropped(tmp_path, caplog):
     client = FakeOrthanc(2, fail={"s1": 2, "s2": 99}, feed_down=2)
-    w, calls = make_watcher(tmp_path, client, max_attempts=3)
+    w, calls = make_watcher(tmp_path, client, max_attempts=3, results=tmp_path / "results")
     with caplog.at_level("WARNING", logger="meddx.pacs.watch"):
         stats = w.run(once=True)
     assert calls == ["s1"]  # s1 succeeded on its third attempt
@@ -247,6 +247,10 @@ def test_failures_are_retried_then_recorded_never_dropped(tmp_path, caplog):
     assert "change feed unavailable" in text and "attempt 1/3 failed" in text and "recorded as failed" in text
     assert "1.2.999" not in text  # no Study UIDs in logs
     w.state.close()
+    from meddx.app.results import list_results
+
+    (listed,) = list_results(tmp_path / "results")  # the viewer's worklist shows the failure
+    assert listed["status"] == "failed" and listed["orthanc_study"] == "s2"
 
 
 def test_multi_series_study_retry_redoes_only_the_unfinished_series(tmp_path):

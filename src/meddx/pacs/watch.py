@@ -100,6 +100,7 @@ class Watcher:
                     log.error("%s: failed after %d attempts (%s); recorded as failed", label, attempt, err)
                     self.state.mark_failed(f"orthanc:{orthanc_id}", err, attempt)
                     self.stats["failed"] += 1
+                    self._save_failure(orthanc_id, err)
                     return True
                 wait = self._backoff(attempt)
                 log.warning("%s: attempt %d/%d failed (%s); retrying in %.0f s", label, attempt,
@@ -185,6 +186,18 @@ class Watcher:
                     [k.upper() for k in ("seg", "pdf", "sr") if k in paths])
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _save_failure(self, orthanc_id: str, error: str) -> None:
+        """List a study that failed in the viewer's worklist (status 'failed'), when there is a results store."""
+        if self.results is None:
+            return
+        from meddx.app.results import save_status
+
+        try:
+            save_status(self.results, f"pacs-{orthanc_id[:17]}-failed", "failed", ",".join(self.models),
+                        extra={"orthanc_study": orthanc_id, "source": "pacs", "error": error})
+        except (OSError, ValueError) as exc:
+            log.warning("results store: could not record the failure (%s)", _error_text(exc))
 
     def _save_result(self, model: Model, prediction: Any, orthanc_id: str, series: dict[str, Any],
                      paths: dict[str, Path]) -> None:
