@@ -56,14 +56,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                 time.sleep(0.5)
         else:
             pytest.fail("meddx serve did not come up in 150 s")
-        vol = demo_volume(tmp / "study.nii.gz").read_bytes()
-        r = httpx.post(url + "/v1/predict", params={"model": "demo_seg"}, headers=AUTH,
-                       files={"file": ("study.nii.gz", vol)}, timeout=120)
-        assert r.status_code == 200, r.text
-        r2 = httpx.post(url + "/v1/report", params={"model": "demo_cls"}, headers=AUTH,
+        r2 = httpx.post(url + "/v1/predict", params={"model": "demo_cls"}, headers=AUTH,
                         files={"file": ("x.png", png_bytes(7))}, timeout=120)
         assert r2.status_code == 200, r2.text
-        yield {"url": url, "study": r.json(), "log": tmp / "serve.log"}
+        vol = demo_volume(tmp / "study.nii.gz").read_bytes()
+        r = httpx.post(url + "/v1/report", params={"model": "demo_seg"}, headers=AUTH,
+                       files={"file": ("study.nii.gz", vol)}, timeout=180)
+        assert r.status_code == 200 and "<html" in r.text.lower(), r.text[:300]
+        study = httpx.get(url + "/v1/studies/" + r.headers["x-study-id"], headers=AUTH, timeout=30).json()
+        yield {"url": url, "study": study, "log": tmp / "serve.log"}
     finally:
         proc.terminate()
         try:
@@ -80,7 +81,7 @@ def browser() -> Iterator[Any]:
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900",
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1150",
               "--disable-extensions", "--no-first-run"):
         opts.add_argument(a)
     drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
@@ -158,11 +159,17 @@ def test_viewer_worklist_study_slices_overlay(server: dict[str, Any], browser: A
     if os.environ.get("MEDDX_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["MEDDX_SCREENSHOT"])
 
-    # the classifier study has a stored report: its link is on the page
+    # the report made by POST /v1/report is linked from the study page
+    links = drv.find_elements(By.CSS_SELECTOR, "#links a.report-link")
+    assert [a.text for a in links] == ["Report (HTML)", "Report (PDF)"]
+
+    # the classifier study (a single image): its heatmap overlay, no slice scrolling
     drv.get(server["url"] + "/#/")
     rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#worklist-table tbody tr.study-row"))
     next(r for r in rows if r.get_attribute("data-id") != study["id"]).click()
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#links a.report-link"))
+    wait.until(lambda d: d.find_element(By.ID, "slice-label").text == "1 / 1")
+    assert "heatmap" in drv.find_element(By.ID, "overlay-kind").text
+    assert not drv.find_elements(By.CSS_SELECTOR, "#links a.report-link")
     browser_errors = [e for e in drv.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
     assert not browser_errors, browser_errors
 
