@@ -96,6 +96,7 @@ class Watcher:
                 return True
             except Exception as exc:  # noqa: BLE001 -- any failure is retried, then recorded: never dropped
                 err = _error_text(exc)
+                log.debug("%s: traceback (may quote data; debug level only)", label, exc_info=True)
                 if attempt == self.max_attempts:
                     log.error("%s: failed after %d attempts (%s); recorded as failed", label, attempt, err)
                     self.state.mark_failed(f"orthanc:{orthanc_id}", err, attempt)
