@@ -265,6 +265,17 @@ def test_multi_series_study_retry_redoes_only_the_unfinished_series(tmp_path):
     w.state.close()
 
 
+def test_series_added_to_a_processed_study_is_read(tmp_path):
+    client = FakeOrthanc(1)
+    w, calls = make_watcher(tmp_path, client)
+    w.run(once=True)
+    client.n_series = 2  # a second series arrives; the study becomes stable again
+    client.feed.append({"Seq": 4, "ChangeType": "StableStudy", "ID": "s1", "ResourceType": "Study"})
+    assert w.run(once=True)["processed"] == 2
+    assert calls == ["s1", "1.2.999.s1.2"]
+    w.state.close()
+
+
 def test_study_deleted_before_processing_is_skipped(tmp_path):
     client = FakeOrthanc(2)
     client.deleted.add("s1")

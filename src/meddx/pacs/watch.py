@@ -1,7 +1,8 @@
 """`meddx pacs watch`: follow Orthanc's change feed; for each stable study, fetch its series (WADO-RS), predict
 with the routed RUN (loaded once) and store the SR / SEG / PDF back into the same study (STOW-RS).
 
-Idempotent (a study done by the same model name+version, in the state or as an SR in Orthanc, is skipped),
+Idempotent (a series done by the same model name+version, in the state or as an SR in Orthanc, is skipped; a
+series added to a study later is read when the study becomes stable again),
 restart-safe (the last finished change is persisted atomically) and failures are retried with back-off, then
 recorded as failed; logs name studies by a hash, never by a DICOM identifier.
 """
@@ -135,10 +136,6 @@ class Watcher:
         for name, todo in plan.items():
             model = self.models[name]
             key = f"{skey}:{model.key}"
-            if self.state.is_done(key):
-                log.info("study %s: already processed by %s; skipped", skey, model.key)
-                self.stats["skipped"] += 1
-                continue
             t0 = time.perf_counter()
             outcomes, found = [], 0
             for s, heatmap_seg in todo:
@@ -151,8 +148,8 @@ class Watcher:
                 outcomes.append((outcome, kinds))
             self.state.mark_done(key, model=model.key, series=len(todo), found_in_pacs=found,
                                  outcomes=[o for o, _ in outcomes])
-            if not outcomes:
-                log.info("study %s: Orthanc already holds the SR from %s; skipped", skey, model.key)
+            if not outcomes:  # every series done before (a series added later to the study is read then)
+                log.info("study %s: already processed by %s; skipped", skey, model.key)
                 self.stats["skipped"] += 1
                 continue
             self.stats["processed"] += 1
