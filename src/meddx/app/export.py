@@ -124,8 +124,9 @@ def input_signature_shape(model: Any) -> tuple[Any, ...]:
     return (None, *shape[1:])
 
 
-def write_model(model: Any, fmt: str, folder: Path) -> dict[str, str]:
-    """Write `model` as `fmt` into `folder` (which exists); returns the input/output tensor names."""
+def write_model(model: Any, fmt: str, folder: Path, saved_model: Path | None = None) -> dict[str, str]:
+    """Write `model` as `fmt` into `folder` (which exists); returns the input/output tensor names. OpenVINO and
+    LiteRT convert from a SavedModel: `saved_model` (one already exported from `model`), else a temporary one."""
     import tensorflow as tf
 
     shape = input_signature_shape(model)
@@ -138,8 +139,9 @@ def write_model(model: Any, fmt: str, folder: Path) -> dict[str, str]:
                                                   output_path=str(folder / MODEL_FILES["onnx"]))
         return {"input_name": proto.graph.input[0].name, "output_name": proto.graph.output[0].name}
     sig = [tf.TensorSpec(shape, tf.float32, name="input")]
-    saved = folder if fmt == "savedmodel" else folder / "_savedmodel"
-    model.export(str(saved), format="tf_saved_model", verbose=False, input_signature=sig)
+    saved = folder if fmt == "savedmodel" else (saved_model or folder / "_savedmodel")
+    if saved_model is None or fmt == "savedmodel":
+        model.export(str(saved), format="tf_saved_model", verbose=False, input_signature=sig)
     if fmt == "savedmodel":
         return {"input_name": "input", "output_name": "output_0", "signature": "serve"}
     try:
@@ -153,7 +155,8 @@ def write_model(model: Any, fmt: str, folder: Path) -> dict[str, str]:
         (folder / MODEL_FILES["litert"]).write_bytes(converter.convert())
         return {"input_name": "input", "output_name": "output_0"}
     finally:
-        shutil.rmtree(saved, ignore_errors=True)
+        if saved_model is None:
+            shutil.rmtree(saved, ignore_errors=True)
 
 
 # -- the inputs the parity check runs on ------------------------------------------------------------------
