@@ -172,6 +172,11 @@ def test_volume_study_many_figures_never_split(tmp_path):
     assert_figures_with_captions(pdf, paths["html"])
     text = page_text(pdf, 1)
     assert "Key slice 6 (P=0.90)" in " ".join(text.split()) and re.search(r"Modality\s+\S+", text)
+    # a section heading and its lead-in stay on the page of the figure they introduce
+    pages = [" ".join(page_text(pdf, k, layout=False).split()) for k in range(1, n + 1)]
+    for heading, caption in (("Slices that drove the decision", "Per-slice probability (dashed line"),
+                             ("Key images", "Key slice 6 (P=0.90)")):
+        assert [heading in t for t in pages] == [caption in t for t in pages], (heading, caption)
     for page in range(1, n + 1):
         assert render_page(pdf, page, tmp_path).std() > 5, f"page {page} is blank"
 
@@ -194,3 +199,26 @@ def test_sequence_study_has_frame_importance_plot(tmp_path):
 def test_unknown_pdf_engine_is_a_clear_error(small_study, tmp_path):
     with pytest.raises(ConfigError, match="unknown PDF engine"):
         render_study_report(small_study, run_info("abnormal", 0.5), tmp_path / "x", pdf_engine="latex")
+
+
+def test_heading_and_lead_in_never_left_apart_from_their_figure(tmp_path):
+    """Wherever the page break falls, a heading and its lead-in paragraph share the page of the figure after them."""
+    from PIL import Image as PILImage
+
+    from meddx.report.document import Doc
+    from meddx.report.pdf import write_pdf_reportlab
+
+    rng = np.random.default_rng(0)
+    PILImage.fromarray(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(tmp_path / "fig.png")
+    for filler in range(36, 60, 2):  # push the section across the page boundary in small steps
+        doc = Doc(title="t")
+        for k in range(filler):
+            doc.p(f"filler line {k}")
+        doc.h("Section heading")
+        doc.p("Lead-in sentence for the figure.")
+        doc.img("fig.png", "Figure caption text.")
+        pdf = write_pdf_reportlab(doc, tmp_path, tmp_path / f"f{filler}.pdf")
+        pages = [" ".join(page_text(pdf, k, layout=False).split()) for k in range(1, n_pages(pdf) + 1)]
+        where = [("Section heading" in t, "Lead-in sentence" in t, "Figure caption text." in t) for t in pages]
+        assert all(len(set(w)) == 1 for w in where), (filler, where)
+        assert images_per_page(pdf) == {pages.index(next(t for t in pages if "Figure caption" in t)) + 1: 1}

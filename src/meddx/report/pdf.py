@@ -187,7 +187,7 @@ def _figures(items: list[tuple[Path, str]], st: dict[str, Any], width: float) ->
     with its caption below; wide ones (charts, orthogonal views) on their own. Each row is kept together, so a
     page break never cuts an image or separates it from its caption."""
     from reportlab.lib.units import cm
-    from reportlab.platypus import KeepTogether, Table, TableStyle
+    from reportlab.platypus import Table, TableStyle
 
     max_w, max_h = min(width, _MAX_IMAGE_CM[0] * cm), _MAX_IMAGE_CM[1] * cm
     out: list[Any] = []
@@ -196,19 +196,22 @@ def _figures(items: list[tuple[Path, str]], st: dict[str, Any], width: float) ->
     def flush() -> None:
         if not row:
             return
+        # one-row tables: never split by a page break, and (unlike KeepTogether) chained to a heading or
+        # lead-in paragraph kept with them (keepWithNext)
         if len(row) == 1:
             loaded, caption = row[0]
-            out.append(KeepTogether([_picture(loaded, max_w, max_h)]
-                                    + ([_para(caption, st["caption"])] if caption else [])))
+            cell_w = max_w + 8
+            cells = [[_picture(loaded, max_w, max_h)] + ([_para(caption, st["caption"])] if caption else [])]
         else:
             cell_w = width / len(row)
             cells = [[_picture(loaded, cell_w - 8, max_h)] + ([_para(caption, st["caption"])] if caption else [])
                      for loaded, caption in row]
-            t = Table([cells], colWidths=[cell_w] * len(row), hAlign="LEFT")
-            t.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0),
-                                   ("RIGHTPADDING", (0, 0), (-1, -1), 8), ("TOPPADDING", (0, 0), (-1, -1), 0),
-                                   ("BOTTOMPADDING", (0, 0), (-1, -1), 0)]))
-            out.append(t)
+        t = Table([cells], colWidths=[cell_w] * len(row), hAlign="LEFT")
+        t.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                               ("RIGHTPADDING", (0, 0), (-1, -1), 8), ("TOPPADDING", (0, 0), (-1, -1), 0),
+                               ("BOTTOMPADDING", (0, 0), (-1, -1), 0)]))
+        t.spaceAfter = 4
+        out.append(t)
         row.clear()
 
     for path, caption in items:
@@ -243,6 +246,7 @@ def write_pdf_reportlab(doc: Any, base: str | Path, pdf_path: str | Path) -> Pat
     """Write `doc` (report.document.Doc) as an A4 PDF; image blocks are read relative to `base`."""
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import ParagraphStyle
     from reportlab.lib.units import cm
     from reportlab.platypus import SimpleDocTemplate
 
@@ -253,7 +257,7 @@ def write_pdf_reportlab(doc: Any, base: str | Path, pdf_path: str | Path) -> Pat
     width = A4[0] - 2 * margin
     story: list[Any] = []
     pending: list[tuple[Path, str]] = []
-    for block in doc.blocks:
+    for i, block in enumerate(doc.blocks):
         kind = block[0]
         if kind == "img":
             path = base / block[1]
@@ -267,7 +271,10 @@ def write_pdf_reportlab(doc: Any, base: str | Path, pdf_path: str | Path) -> Pat
         if kind in ("h1", "h2", "h3"):
             story.append(_para(block[1], st["h1" if kind == "h1" else "h2"]))
         elif kind == "p":
-            story.append(_para(block[1], st.get(block[2] or "p", st["p"])))
+            style = st.get(block[2] or "p", st["p"])
+            if i + 1 < len(doc.blocks) and doc.blocks[i + 1][0] == "img":  # a figure's lead-in stays with it
+                style = ParagraphStyle(f"{style.name}-lead", style, keepWithNext=1)
+            story.append(_para(block[1], style))
         elif kind == "table":
             t = _table(block[1], block[2], st, width)
             if t is not None:
