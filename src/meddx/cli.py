@@ -16,6 +16,9 @@ from meddx import __version__
 from meddx.train.config import SEG_LOSSES
 
 
+OUT_HELP = ("output folder: new or empty (a folder holding other outputs is refused, so studies and runs never mix; "
+            "re-running the same command on the same RUN and inputs replaces its own outputs); written in a hidden "
+            "sibling folder and renamed into place only when every file is done")
 TTA_HELP = ("segmentation: average the lesion probability over the input and its flips along each axis the "
             "model was trained to flip (--augment), at 2-3x the inference time")
 
@@ -95,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.add_argument("data")
     e.add_argument("--split", default="test", help="train | val | test | all (default test)")
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", required=True, help=OUT_HELP)
     e.add_argument("--report", action="store_true", help="also write an HTML evaluation report")
     e.add_argument("--coverage", type=float, default=0.9,
                    help="target coverage of the conformal prediction sets (default 0.9: the set holds the true class for 90 %% of cases like the validation ones)")
@@ -108,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="*", metavar="INPUT")
     pr.add_argument("--manifest", help="CSV of studies (a `path` column; relative paths resolve against the CSV's "
                                        "folder) instead of, or beside, INPUT")
-    pr.add_argument("--out", required=True)
+    pr.add_argument("--out", required=True, help=OUT_HELP)
     pr.add_argument("--engine", choices=["local", "ray"], default="local",
                     help="predict here (local, default) or on a Ray cluster (pip install meddx[ray])")
     pr.add_argument("--address", help="Ray cluster address (auto, ray://host:port; default: a local Ray)")
@@ -127,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="report.html + report.pdf per study (+ DICOM SEG/SR for DICOM series)")
     r.add_argument("run")
     r.add_argument("inputs", nargs="+", metavar="INPUT")
-    r.add_argument("--out", required=True)
+    r.add_argument("--out", required=True, help=OUT_HELP)
     r.add_argument("--include-phi", action="store_true", help="show patient identifiers (off by default)")
     r.add_argument("--no-dicom", action="store_true", help="skip DICOM SEG/SR outputs")
     r.add_argument("--coverage", type=float, default=0.9,

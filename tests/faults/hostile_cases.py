@@ -62,7 +62,9 @@ def dicom(path: Path, z: float = 0.0, sop: str | None = None, series: str = "1.2
     ds.Modality, ds.PatientName, ds.PatientID, ds.PatientBirthDate = "CT", "Doe^Jane", "PID-8841", "19610214"
     ds.StudyDescription = "CT chest Jane Doe follow-up"
     ds.SeriesDescription, ds.ProtocolName = "Doe private series", "Protocol for J Doe"
-    ds.StudyDate, ds.AccessionNumber = "20240102", "ACC7781"
+    ds.StudyDate, ds.AccessionNumber, ds.PatientSex = "20240102", "ACC7781", "F"
+    ds.StudyID, ds.StudyTime, ds.ReferringPhysicianName = "STU-5521", "101500", "House^Gregory"
+    ds.SeriesNumber, ds.Manufacturer = 3, "ACME"
     ds.Rows, ds.Columns = rows, cols
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -77,7 +79,8 @@ def dicom(path: Path, z: float = 0.0, sop: str | None = None, series: str = "1.2
     if pixels:
         rng = np.random.default_rng(int(abs(z)))
         ds.PixelData = rng.integers(0, 2000, (max(rows, 1), max(cols, 1)), dtype=np.int16).tobytes()
-    ds.save_as(path, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    private_ts = not UID(ts).is_transfer_syntax
+    ds.save_as(path, enforce_file_format=True, **({"implicit_vr": False, "little_endian": True} if private_ts else {}))
     return path
 
 

@@ -129,6 +129,22 @@ def evaluator_for(predictor: Any) -> Callable[..., dict[str, Any]]:
     return runs[predictor.kind]
 
 
+def study_name(index: int) -> str:
+    """The name a study gets in outputs by default: study_001, study_002 ... (1-based, job order)."""
+    return f"study_{index + 1:03d}"
+
+
+def pseudonymised(studies: Sequence[Any], include_phi: bool = False) -> list[Any]:
+    """The job's studies named study_001, study_002 ... in every output (CSV values, file names, log lines) unless
+    `include_phi`: input file and folder names often carry a patient's name or ID. A manifest's own `study_id` is
+    the name its author chose for outputs and is kept."""
+    import dataclasses
+
+    if include_phi:
+        return list(studies)
+    return [dataclasses.replace(s, study_id=s.study_id or study_name(s.index)) for s in studies]
+
+
 def safe_stem(p: Path) -> str:
     """A file-name-safe stem of an input (extension dropped, at most 40 characters)."""
     name = p.name

@@ -154,6 +154,9 @@ def staged_call(func: Callable[..., Any], out: str | Path, key: str, call: Calla
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(stage, 0o777 & ~umask)  # as a plain mkdir would (mkdtemp makes it private)
     except OSError as exc:
         raise OutputError(f"cannot create the output folder: {describe_os_error(exc)}", out) from None
     if not out.is_absolute():

@@ -10,7 +10,7 @@ import numpy as np
 
 from meddx.app.common import Log, expand_inputs, logger_or, read_input, reads_sequences
 from meddx.app.outputs import writes_output_folder
-from meddx.errors import InputError, MeddxError, naming
+from meddx.errors import ConfigError, InputError, MeddxError, naming
 
 
 @writes_output_folder("report", "run_dir", "inputs")
@@ -26,6 +26,8 @@ def report_studies(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
     from meddx.report import render_batch, render_study_report
 
     log = logger_or(log)
+    if deidentify_dicom and dicom:
+        _anonymizer()  # a missing package is a clear error before any work
     predictor = load(run_dir, tta=tta)
     if hasattr(predictor, "set_coverage"):  # conformal prediction sets at this target coverage
         predictor.set_coverage(coverage)
@@ -52,7 +54,7 @@ def report_studies(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
     if len(studies) == 1:
         paths = render_study_report(studies[0], info, out, include_phi=include_phi)
         if dicom:
-            paths.update(_dicom_outputs(studies[0], out, log))
+            paths.update(_dicom_outputs(studies[0], out, log, deidentify=deidentify_dicom))
         log(f"wrote {paths['html']} and {paths['pdf']}")
         return paths
     res = render_batch(studies, info, out, include_phi=include_phi)
@@ -68,8 +70,10 @@ def _report_info(predictor: Any) -> dict[str, Any]:
     return info
 
 
-def _dicom_outputs(study: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
-    """DICOM SEG of the lesions and a TID 1500 SR, when the input was a DICOM series."""
+def _dicom_outputs(study: dict[str, Any], out: Path, log: Log, deidentify: bool = False) -> dict[str, Any]:
+    """DICOM SEG of the lesions and a TID 1500 SR, when the input was a DICOM series. They keep the source's
+    patient and study modules (a derived object going back to the PACS must file with its study); `deidentify`
+    applies the DICOM PS3.15 basic confidentiality profile to them instead."""
     from meddx.infer.classifier import full_size_mask
 
     image = study["image"]
@@ -96,4 +100,63 @@ def _dicom_outputs(study: dict[str, Any], out: Path, log: Log) -> dict[str, Any]
         raise  # the user's input is the problem: one clear error, not a warning
     except (ValueError, TypeError, AttributeError) as exc:
         log(f"warning: could not write DICOM SEG/SR: {exc}")
+    if deidentify:
+        for key in ("seg", "sr"):
+            if key in paths:
+                deidentify_dicom_file(paths[key])
     return paths
+
+
+ANONYMIZER = "dicom-anonymizer"
+
+
+def _anonymizer() -> tuple[Any, Any]:
+    """(anonymize_dataset, actions for the newest PS3.15 Table E.1-1 it ships) from the dicom-anonymizer package
+    (KitwareMedical), a maintained implementation of the basic application level confidentiality profile."""
+    try:
+        from dicomanonymizer import anonymize_dataset
+        from dicomanonymizer.simpledicomanonymizer import initialize_actions
+    except ImportError:
+        raise ConfigError(f"--deidentify-dicom needs the {ANONYMIZER} package (pip install {ANONYMIZER}), which "
+                          "implements the DICOM PS3.15 basic confidentiality profile") from None
+    for version in ("dicomfields_2026c", "dicomfields_2024b", "dicomfields_2023"):
+        try:
+            initialize_actions(version)
+        except (ValueError, ImportError):
+            continue
+        return anonymize_dataset, (lambda v=version: initialize_actions(v))
+    return anonymize_dataset, initialize_actions
+
+
+def deidentify_dicom_file(path: str | Path) -> Path:
+    """Apply the DICOM PS3.15 basic application level confidentiality profile (Table E.1-1, via dicom-anonymizer)
+    to a written SEG/SR in place: patient and study identifiers, dates, descriptions and private tags removed or
+    replaced, UIDs replaced consistently within the process (the SR still references the SEG). The content
+    tree of an SR (ContentSequence) is the model's finding, written by meddx with coded concepts only, so it is
+    kept (the profile would replace it); the result says so in DeidentificationMethod."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from dicomanonymizer.simpledicomanonymizer import keep
+
+    anonymize, rules = _anonymizer()
+    ds = pydicom.dcmread(str(path))
+    with _quiet_stdout():  # the package prints skipped tags
+        anonymize(ds, extra_anonymization_rules={(0x0040, 0xA730): keep}, delete_private_tags=True,
+                  base_rules_gen=rules)
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "PS3.15 basic profile (dicom-anonymizer); SR content kept"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
+    code.CodeMeaning = "Basic Application Confidentiality Profile"
+    ds.DeidentificationMethodCodeSequence = [code]
+    if getattr(ds, "file_meta", None) is not None and "SOPInstanceUID" in ds:
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(str(path), enforce_file_format=True)
+    return Path(path)
+
+
+def _quiet_stdout() -> Any:
+    import contextlib
+    import io
+
+    return contextlib.redirect_stdout(io.StringIO())
