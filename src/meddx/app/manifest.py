@@ -40,11 +40,12 @@ def read_manifest(path: str | Path) -> list[tuple[Path, str | None]]:
             if "path" not in fields:
                 raise InputError("manifest needs a `path` column", p)
             reader.fieldnames = fields
-            rows = [((r.get("path") or "").strip(), (r.get("study_id") or "").strip() or None) for r in reader]
+            rows = [(reader.line_num, (r.get("path") or "").strip(), (r.get("study_id") or "").strip() or None)
+                    for r in reader]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"unreadable manifest: {exc}", p) from None
     out, seen = [], set()
-    for line, (raw, sid) in enumerate(rows, start=2):
+    for line, raw, sid in rows:
         if not raw:
             raise InputError(f"line {line}: empty path", p)
         if sid is not None:

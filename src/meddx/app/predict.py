@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from meddx.app.common import CsvStream, Log, expand_inputs, logger_or, read_input, safe_stem
+from meddx.app.common import CsvStream, Log, expand_inputs, logger_or, pseudonymised, read_input, safe_stem
 from meddx.app.manifest import Study, collect_studies
 from meddx.app.outputs import writes_output_folder
 from meddx.errors import ConfigError, MeddxError, naming
@@ -32,14 +32,30 @@ READ_BUDGET = 512 * 2**20  # ... and about this many bytes of read images (a few
 LESION_HEADER = ["input", "id"]
 
 
-@writes_output_folder("predict", "run_dir", "inputs", "manifest")
 def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, heatmaps: bool = False,
                    method: str = "gradcam", tta: bool = False, log: Log | None = None, manifest: str | None = None,
                    engine: str = "local", address: str | None = None, runtime: str = "keras",
                    allow_ood: bool = False, include_phi: bool = False, coverage: float = 0.9) -> Path:
     """predictions.csv for every input and manifest row (+ heatmap .npy, overlay PNG and lesions.csv with
     --heatmaps; `tta`: flip test-time augmentation, segmentation runs); `engine` "ray" runs the job on Ray
-    (`address`: a cluster, default a local Ray)."""
+    (`address`: a cluster, default a local Ray). Local outputs appear as a whole (`writes_output_folder`); a Ray
+    job writes into `out` directly, since its shards must outlive a failed run to be skipped by the next."""
+    args = dict(run_dir=run_dir, inputs=inputs, out=out, heatmaps=heatmaps, method=method, tta=tta, log=log,
+                manifest=manifest, engine=engine, address=address, runtime=runtime, allow_ood=allow_ood,
+                include_phi=include_phi, coverage=coverage)
+    if engine == "ray":
+        from meddx.app.ray_engine import open_job_folder
+
+        args["out"] = open_job_folder(out, "predict", run_dir, inputs, manifest)
+        return _predict(**args)
+    return _predict_staged(**args)
+
+
+def _predict(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, heatmaps: bool = False,
+             method: str = "gradcam", tta: bool = False, log: Log | None = None, manifest: str | None = None,
+             engine: str = "local", address: str | None = None, runtime: str = "keras",
+             allow_ood: bool = False, include_phi: bool = False, coverage: float = 0.9) -> Path:
+    """`predict_inputs` writing into `out` as it goes."""
     from meddx.infer import load
     from meddx.infer.base import read_run_info
 
@@ -60,6 +76,7 @@ def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
 
         return predict_stacks(load(run_dir), inputs, out, log=log)
     studies = collect_studies(expand_inputs(inputs, sequences=sequences) if inputs else [], manifest)
+    studies = pseudonymised(studies, include_phi)  # study_001 ... in outputs unless --include-phi
     if engine == "ray":
         from meddx.app.ray_engine import predict_studies_ray
 
@@ -74,6 +91,9 @@ def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], out: str |
         return predict_segmentations(predictor, studies, out, log=log)
     return predict_classifications(predictor, studies, out, heatmaps=heatmaps, method=method, log=log,
                                    allow_ood=allow_ood)
+
+
+_predict_staged = writes_output_folder("predict", "run_dir", "inputs", "manifest")(_predict)
 
 
 def predict_classifications(predictor: Any, studies: Sequence[Study | Path], out: str | Path,

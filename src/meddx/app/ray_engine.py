@@ -70,6 +70,23 @@ def predict_files_ray(run: str | Path, files: Sequence[str | Path], out: str | P
     return predict_studies_ray(run, studies, out, actors=actors, address=address, log=log or (lambda s: None))
 
 
+def open_job_folder(out: str | Path, command: str, *identity: Any) -> Path:
+    """`out` for a restartable job: refused (as `meddx.app.outputs` refuses) when it holds other outputs, else
+    created and marked as this job's (RUN and inputs in `identity`), so a re-run may continue in it."""
+    from meddx.app.outputs import MARKER, OutputError, check_out, describe_os_error, fingerprint
+
+    key = fingerprint(command, *identity)
+    out = check_out(out, key)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / MARKER).is_file():
+            (out / MARKER).write_text(json.dumps({"key": key, "command": "predict_inputs"}) + "\n",
+                                      encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder: {describe_os_error(exc)}", out) from None
+    return out
+
+
 def shard_path(shard_dir: Path, k: int) -> Path:
     return shard_dir / f"shard_{k:06d}.parquet"
 
@@ -217,6 +234,14 @@ def write_shard(predictor: Any, studies: Sequence[Study], path: Path, out: Path,
     return sum(e is not None for e in cols["error"])
 
 
+def _as_given(cells: dict[str, str], out: Path) -> dict[str, str]:
+    """Output paths the actors wrote (under the resolved DIR) as DIR was given, as --engine local writes them."""
+    actual = str(out.resolve())
+    if actual == str(out):
+        return cells
+    return {k: str(out) + v[len(actual):] if v.startswith(actual + os.sep) else v for k, v in cells.items()}
+
+
 def csv_cells(row: dict[str, Any]) -> dict[str, str]:
     """A row as the exact cell texts the csv module writes for it (None -> "", else str())."""
     return {k: "" if v is None else (v if isinstance(v, str) else str(v)) for k, v in row.items()}
@@ -256,12 +281,12 @@ def merge_shards(out: Path, n_shards: int, lesions: bool = False, log: Log | Non
         for k in range(n_shards):
             d = pq.read_table(shard_path(out / SHARD_DIR, k), columns=["index", "row", "lesions"]).to_pydict()
             for _, row, les in sorted(zip(d["index"], d["row"], d["lesions"]), key=lambda t: t[0]):
-                cells = json.loads(row)
+                cells = _as_given(json.loads(row), out)
                 rows.write(cells)
                 if cells.get("error"):
                     failed += 1
                     log(describe_row(cells))
                 for r in json.loads(les) if lesion_rows is not None else []:
-                    lesion_rows.write(r)
+                    lesion_rows.write(_as_given(r, out))
     log(f"wrote {out / 'predictions.csv'} ({rows.count} studies" + (f", {failed} failed" if failed else "") + ")")
     return out / "predictions.csv"

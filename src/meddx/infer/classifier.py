@@ -92,16 +92,29 @@ class Classifier(Predictor):
             check_degenerate(img, self.spatial_ndim)
         single = [i for i, img in enumerate(images) if not self._is_stack(img)]
         probs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        cams: dict[int, np.ndarray] = {}
         for start in range(0, len(single), batch_size):
             chunk = single[start: start + batch_size]
             x = np.stack([self.preprocessing(images[i]) for i in chunk])
             p_all, s_all = self._embed(x)
+            maps = self._batch_maps(x, p_all, method or self.method) if heat else None
             for k, i in enumerate(chunk):
                 probs[i] = (p_all[k], s_all[k: k + 1])
-        return [self._predict(img, probs.get(i), heat, method or self.method) for i, img in enumerate(images)]
+                if maps is not None:
+                    cams[i] = maps[k: k + 1]
+        return [self._predict(img, probs.get(i), heat, method or self.method, cams.get(i))
+                for i, img in enumerate(images)]
+
+    def _batch_maps(self, x: np.ndarray, probs: np.ndarray, method: str) -> np.ndarray:
+        """Model-resolution heatmaps of a batch of single images in one explain call (per image: ~0.1 s of graph
+        building and tracing saved), for the class each image's decision localises."""
+        from meddx.explain import explain
+
+        targets = np.ones(len(x), int) if self.task == "binary" else self.decide(probs)
+        return explain(self.model, x, method=method, class_index=[int(t) for t in targets])
 
     def _predict(self, image: Any, given: tuple[np.ndarray, np.ndarray] | None, heatmap: bool,
-                 method: str) -> Prediction:
+                 method: str, cam: np.ndarray | None = None) -> Prediction:
         check_degenerate(image, self.spatial_ndim)
         prep = self.preprocessing
         stack = self._is_stack(image)
@@ -133,7 +146,7 @@ class Classifier(Predictor):
             slice_scores=None if slice_scores is None else [float(v) for v in slice_scores], key_slices=key_slices)
         self._assess(result, image, probs, ood_scores)
         if heatmap:
-            self._localise(result, x, probs, pred, stack, slice_scores, method)
+            self._localise(result, x, probs, pred, stack, slice_scores, method, cam)
         return result
 
     def _assess(self, result: Prediction, image: Any, probs: np.ndarray, ood_scores: np.ndarray) -> None:
@@ -174,13 +187,15 @@ class Classifier(Predictor):
         return out
 
     def _localise(self, result: Prediction, x: np.ndarray, probs: np.ndarray, pred: int, stack: bool,
-                  slice_scores: np.ndarray | None, method: str) -> None:
-        """Heatmap (input grid, max 1) and up to 5 lesion candidates where the decision allows a lesion."""
+                  slice_scores: np.ndarray | None, method: str, small_maps: np.ndarray | None = None) -> None:
+        """Heatmap (input grid, max 1) and up to 5 lesion candidates where the decision allows a lesion
+        (`small_maps`: the model-resolution maps when already computed for a batch)."""
         from meddx.explain import explain, heatmap_to_lesions
 
         display, image = result.display, result.image
         target = 1 if self.task == "binary" else pred
-        small_maps = explain(self.model, x, method=method, class_index=target)
+        if small_maps is None:
+            small_maps = explain(self.model, x, method=method, class_index=target)
         if stack:
             weights = slice_scores if slice_scores is not None else np.ones(len(x))
             heat = np.stack([resize_to(h, display.shape[1:]).astype(np.float32) * w
