@@ -47,13 +47,21 @@ def split_indices(predictor: Any, ds: Any, split: str, log: Log) -> np.ndarray:
         if used and split in ("test", "all"):
             names = ds.item_names()
             i = used[0]
+            what = "trained" if seen[i] == "train" else "selected its model"
+            example = f"{names[i]} is {seen_as[i]} of its {seen[i]} split ({predictor.path}/splits.csv)"
+            ds.extra["seen_in_training"] = len(used)
             if split == "test":
-                what = "trained" if seen[i] == "train" else "selected its model"
-                raise DataError(f"{len(used)} test case(s) are cases the RUN {what} on (same content): {names[i]} "
-                                f"is {seen_as[i]} of its {seen[i]} split ({predictor.path}/splits.csv); evaluate "
-                                "on held-out cases", ds.source)
-            log(f"warning: {len(used)} of the {len(idx)} cases were used for training or model selection; "
-                "metrics over 'all' are optimistic")
+                if len(used) == len(idx):
+                    raise DataError(f"every test case is a case the RUN {what} on (same content), e.g. {example}; "
+                                    "evaluate on held-out cases", ds.source)
+                # refused from the test metrics, loudly: a memorised case would flatter them
+                idx = np.setdiff1d(idx, used)
+                ds.extra["excluded_seen_in_training"] = len(used)
+                log(f"warning: {len(used)} test case(s) have the content of cases the RUN was trained or selected "
+                    f"on (e.g. {example}); left out of the test metrics ({len(idx)} cases scored)")
+            else:
+                log(f"warning: {len(used)} of the {len(idx)} cases were used for training or model selection; "
+                    "metrics over 'all' are optimistic")
     if split in ("train", "val") and same:
         log(f"warning: the '{split}' split was used for {'training' if split == 'train' else 'model selection'}; "
             f"its metrics are optimistic")
@@ -204,6 +212,9 @@ def _score_split(predictor: Any, ds: Any, sub: Any, probs: np.ndarray, out: str 
                                            threshold=threshold, groups=sub.patient_ids,
                                            seed=predictor.info.config.get("seed", 0))
     metrics.update(split=split, data=str(ds.source))
+    for key in ("excluded_seen_in_training", "seen_in_training"):  # honest-evaluation marks (split_indices)
+        if key in ds.extra:
+            metrics[key] = int(ds.extra[key])
     return metrics
 
 

@@ -46,8 +46,15 @@ class EpochOrder:
     A resumed run therefore sees exactly the batches the uninterrupted run would have seen (a `tf.data`
     reshuffle or a running numpy generator would restart from epoch 0). `Checkpointer` sets `epoch`."""
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = int(n), int(seed), 0
+    def __init__(self, n: int, seed: int, auto: bool = False) -> None:
+        self.n, self.seed, self.epoch, self.auto = int(n), int(seed), 0, auto
+
+    def take(self) -> int:
+        """The epoch a new pass over the data is for (`auto`: no callback sets it, each pass is the next)."""
+        e = self.epoch
+        if self.auto:
+            self.epoch += 1
+        return e
 
     def permutation(self, epoch: int | None = None) -> np.ndarray:
         e = self.epoch if epoch is None else epoch
@@ -271,6 +278,8 @@ def make_checkpointer(run_dir: str | Path, monitor: str | None, patience: int | 
             if found is None:
                 return self.state
             state, epoch_dir = found
+            if state.stop_reason and not state.finished:  # stopped early, killed before it was marked ended
+                state.finished = True
             if epoch_dir is not None:
                 try:
                     self.store.restore(model, epoch_dir)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -68,7 +67,13 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     from meddx.transforms.preprocess import Preprocessing
 
     ds = load_segmentation_dataset(data)
-    splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    from meddx.data.integrity import case_hashes, check_mask_shapes, check_no_duplicates, content_groups
+
+    check_mask_shapes(ds)  # a mask of another size than its image is an error, never resized to fit
+    hashes = case_hashes(ds)  # copies of a case stay in one split; across source-given splits they are refused
+    splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed, groups=content_groups(ds, hashes))
+    check_no_duplicates(ds, splits, hashes, log)
+    ds.extra["content_hashes"] = hashes
     summary = describe(ds, splits)
     log(format_summary(summary))
     tr, va = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
@@ -148,56 +153,24 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
         les = [dice_np(p, t) for p, t in zip(preds, truths) if t.any()]
         return float(pooled), float(np.mean(les)) if les else float("nan")
 
-    best_file = run_dir / "checkpoints" / "best.weights.h5"
+    from meddx.train.checkpoints import fit_resumable, make_checkpointer
 
     class ValDice(keras.callbacks.Callback):
-        """val_dice (pooled over val cases; the selection score) and val_dice_lesion; keeps the best weights."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.best, self.best_epoch = -np.inf, -1
-
-        def on_train_begin(self, logs: dict | None = None) -> None:
-            hist = _read_history(run_dir / "history.csv")
-            for row in hist:  # resuming: remember the best so far
-                v = float(row.get("val_dice", "nan") or "nan")
-                if np.isfinite(v) and v > self.best:
-                    self.best, self.best_epoch = v, int(row["epoch"])
+        """val_dice (pooled over val cases; the selection score) and val_dice_lesion in the epoch logs."""
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs if logs is not None else {}
             if not selecting:  # nothing to select on: the last epoch is the model
-                self.best_epoch = epoch
                 return
             d_all, d_les = val_dice()
             logs["val_dice"] = d_all
             logs["val_dice_lesion"] = d_les
-            if d_all > self.best:
-                self.best, self.best_epoch = d_all, epoch
-                self.model.save_weights(str(best_file))
 
-        def on_train_end(self, logs: dict | None = None) -> None:
-            if best_file.is_file():
-                self.model.load_weights(str(best_file))
-
-    class TimeBudget(keras.callbacks.Callback):
-        def on_train_begin(self, logs: dict | None = None) -> None:
-            self.start = time.monotonic()
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            if cfg.max_minutes and time.monotonic() - self.start > 60 * cfg.max_minutes:
-                log(f"time budget of {cfg.max_minutes} min reached after epoch {epoch + 1}; stopping")
-                self.model.stop_training = True
-
-    best = ValDice()
-    callbacks = [
-        best,
-        *([keras.callbacks.EarlyStopping(monitor="val_dice", mode="max", patience=cfg.patience, verbose=0)]
-          if selecting else []),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        TimeBudget(),
-    ]
+    # best weights, early stopping, time budget and the crash-safe per-epoch state (train/checkpoints.py);
+    # without a validation split the last epoch is the best
+    best = make_checkpointer(run_dir, "val_dice" if selecting else None, cfg.patience if selecting else None,
+                             max_minutes=cfg.max_minutes)
+    callbacks = [ValDice(), best]
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     if crop:
         log(f"training on random {crop}x{crop} crops of the {size}x{size} images (half of the lesion slices' "
@@ -206,10 +179,8 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
         f"({len(tr)} train / {len(va)} val cases, batch {batch}, {'resuming' if resuming else 'new run'}) -> {run_dir}")
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    t0 = time.monotonic()
-    model.fit(train_data, epochs=epochs, steps_per_epoch=steps if ndim == 3 else None, callbacks=callbacks,
-              verbose=verbose)
-    train_seconds = time.monotonic() - t0
+    train_seconds = fit_resumable(model, train_data, epochs, callbacks, verbose=verbose,
+                                  steps_per_epoch=steps if ndim == 3 else None)
 
     # A clean copy (no custom loss / optimizer state) is what the RUN keeps: it loads with safe_mode.
     final = unet(patch)
