@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from meddx.report import confidence_statement, render_batch, render_study_report
-from meddx.report.document import weasyprint_available
 
 from .conftest import gaussian_blob, pdf_first_page_nonblank, pdf_text, phi_strings, run_info
 
@@ -140,13 +139,6 @@ def test_mednist_jpeg_without_heatmap_and_batch(shared_data, small_study, tmp_pa
     assert "High confidence" in h1 and "No candidate lesion" in h1
     for p in res["reports"]:
         assert p["pdf"].read_bytes()[:5] == b"%PDF-"
-
-
-@pytest.mark.skipif(not weasyprint_available(), reason="WeasyPrint not installed (pip install 'meddx[pdf]')")
-def test_weasyprint_pdf(small_study, tmp_path):
-    paths = render_study_report(small_study, run_info("abnormal", 0.5), tmp_path / "w", pdf_engine="weasyprint")
-    assert paths["pdf_engine"] == "weasyprint"
-    assert "Predicted: normal" in pdf_text(paths["pdf"])
 
 
 def test_reportlab_pdf_is_used_when_forced(small_study, tmp_path):
