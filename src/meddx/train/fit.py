@@ -14,6 +14,7 @@ import math
 import shutil
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -238,6 +239,9 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     run_dir = Path(out)
     resuming = check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "data": str(getattr(data, "source", data))})
     run_dir.mkdir(parents=True, exist_ok=True)
+    from meddx.train.devices import make_strategy
+
+    dist = make_strategy(cfg.devices)  # first: logical CPU devices must exist before TensorFlow initialises
     configure_tensorflow(cfg.threads, cfg.seed)
     import keras
 
@@ -261,14 +265,18 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
 
     # 3D: half the optimiser steps (AdrenalMNIST3D peaked by epoch 8-10 of 16 or 32; 16 measured 0.836 val AUC)
     epochs = cfg.epochs or auto_epochs(len(tr), cfg.batch_size, target_steps=600 if prep.spatial_ndim == 2 else 300)
-    steps = max(1, math.ceil(len(tr) / cfg.batch_size))
-    model = compile_model(cfg, prep.output_shape, ds, epochs, steps)
+    batch = cfg.batch_size * dist.replicas  # --batch-size per device; learning rate linear in the global batch
+    steps = max(1, math.ceil(len(tr) / batch))
+    with dist.scope():
+        model = compile_model(replace(cfg, learning_rate=cfg.learning_rate * dist.replicas), prep.output_shape, ds,
+                              epochs, steps)
 
     augmenter = None if cfg.augment == "none" else Augmenter.from_preset(cfg.augment, prep.spatial_ndim, seed=cfg.seed)
     weights = class_sample_weights(y_tr, ds.task) if cfg.class_weights else None
-    train_ds = make_tf_dataset(x_tr, y_tr, cfg.batch_size, cfg.seed, augmenter, sample_weight=weights)
+    train_ds = make_tf_dataset(x_tr, y_tr, batch, cfg.seed, augmenter, sample_weight=weights)
     log(f"training {cfg.model} for up to {epochs} epochs ({len(tr)} train / {len(va)} val cases, "
-        f"batch {cfg.batch_size}, {'resuming' if resuming else 'new run'}) -> {run_dir}")
+        f"batch {batch}{f' over {dist.replicas} devices' if dist.replicas > 1 else ''}, "
+        f"{'resuming' if resuming else 'new run'}) -> {run_dir}")
     callbacks = _make_callbacks(run_dir, x_va, y_va, ds.task, cfg.patience, cfg.max_minutes, cfg.batch_size)
     callbacks += list(extra_callbacks or [])
     train_seconds = fit_model(model, train_ds, epochs, callbacks, verbose, run_dir)
@@ -294,6 +302,7 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
         "training_seconds": round(train_seconds, 1),
         "data": {"source": str(ds.source), "kind": ds.kind, "summary": summary},
         "val_metrics": val_metrics,
+        "distribution": dist.record(cfg.batch_size, cfg.learning_rate),
     }
     from meddx.train.fingerprint import fingerprint_into
 
