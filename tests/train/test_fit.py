@@ -40,7 +40,7 @@ def test_train_learns_and_writes_complete_run(tmp_path):
     assert info["preprocessing"]["image_size"] == [16, 16]
     rows = list(csv.DictReader((run / "history.csv").open()))
     assert len(rows) == info["epochs_run"] and "val_auc" in rows[0]
-    assert not (run / "backup").exists()  # removed after a clean finish
+    assert not (run / "checkpoints").exists()  # removed after a clean finish
 
 
 def test_refuses_to_overwrite_a_finished_run(tmp_path):
@@ -64,7 +64,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     cfg = TrainConfig(epochs=4, batch_size=32, seed=0)
     with pytest.raises(KeyboardInterrupt):
         train(data, tmp_path / "run", cfg, verbose=0, log=lambda s: None, extra_callbacks=[Crash()])
-    assert (tmp_path / "run" / "backup").is_dir() and not (tmp_path / "run" / "run.json").exists()
+    assert (tmp_path / "run" / "checkpoints").is_dir() and not (tmp_path / "run" / "run.json").exists()
     logs: list[str] = []
     info = train(data, tmp_path / "run", cfg, verbose=0, log=logs.append)
     assert any("resuming" in line for line in logs)
@@ -91,7 +91,7 @@ def test_interrupted_run_with_other_settings_is_not_resumed(tmp_path):
     other = cfg.updated({"learning_rate": 0.01})
     with pytest.raises(ConfigError, match=r"cannot be resumed .*learning_rate 0.002 -> 0.01"):
         train(data, tmp_path / "run", other, verbose=0, log=lambda s: None)
-    assert (tmp_path / "run" / "backup").is_dir()  # the refused call left the interrupted run alone
+    assert (tmp_path / "run" / "checkpoints").is_dir()  # the refused call left the interrupted run alone
     logs: list[str] = []
     info = train(data, tmp_path / "run", other, overwrite=True, verbose=0, log=logs.append)
     assert any("new run" in line for line in logs) and info["epochs_run"] == 3

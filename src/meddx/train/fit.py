@@ -13,7 +13,6 @@ import logging
 import math
 import shutil
 import sys
-import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -92,7 +91,7 @@ def class_weight_dict(y: np.ndarray, task: str) -> dict[int, float] | None:
 
 
 def _make_callbacks(run_dir: Path, x_val: np.ndarray, y_val: np.ndarray, task: str, patience: int,
-                    max_minutes: float | None, batch_size: int) -> list[Any]:
+                    max_minutes: float | None, batch_size: int, order: Any | None = None) -> list[Any]:
     import keras
 
     class ValidationScore(keras.callbacks.Callback):
@@ -112,65 +111,69 @@ def _make_callbacks(run_dir: Path, x_val: np.ndarray, y_val: np.ndarray, task: s
             logs["val_acc"] = acc
             logs["val_score"] = auc + 0.01 * acc
 
-    class BestWeights(keras.callbacks.Callback):
-        """Keeps the best-scoring weights in memory and restores them when training ends."""
+    from meddx.train.checkpoints import make_checkpointer
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.best = -np.inf
-            self.best_epoch = -1
-            self.weights: list[np.ndarray] | None = None
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            score = (logs or {}).get("val_score", -np.inf)
-            if score > self.best:
-                self.best, self.best_epoch, self.weights = score, epoch, self.model.get_weights()
-
-        def on_train_end(self, logs: dict | None = None) -> None:
-            if self.weights is not None:
-                self.model.set_weights(self.weights)
-
-    class TimeBudget(keras.callbacks.Callback):
-        """Stops training cleanly once the wall-clock budget is used up."""
-
-        def on_train_begin(self, logs: dict | None = None) -> None:
-            self.start = time.monotonic()
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            if max_minutes and time.monotonic() - self.start > 60 * max_minutes:
-                LOGGER.warning(f"time budget of {max_minutes} min reached after epoch {epoch + 1}; stopping")
-                self.model.stop_training = True
-
-    best = BestWeights()
+    # best weights, early stopping, time budget and the crash-safe per-epoch state in one place
+    # (train/checkpoints.py); it sits at index 1 and exposes `best_epoch` (0-based)
     callbacks = [
         ValidationScore(),
-        best,
-        keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / "best.keras"), monitor="val_score",
-                                        mode="max", save_best_only=True, verbose=0),
-        keras.callbacks.EarlyStopping(monitor="val_score", mode="max", patience=patience, verbose=0),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        TimeBudget(),
+        make_checkpointer(run_dir, "val_score", patience, order=order, max_minutes=max_minutes),
     ]
     return callbacks
 
 
 def make_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augmenter: Any | None,
-                    sample_weight: np.ndarray | None = None, sequences: bool = False) -> Any:
+                    sample_weight: np.ndarray | None = None, sequences: bool = False, order: Any | None = None) -> Any:
     """Shuffled, batched, augmented, prefetched tf.data pipeline over in-memory arrays.
 
-    `sample_weight` (N,) rides along as a third element: class balancing precomputed once, which is
-    cheaper than Keras's per-batch `class_weight` lookup (measured in benchmarks/training_throughput.py).
+    The order of each epoch and each batch's augmentation draw come from (seed, epoch) through `order`
+    (an `EpochOrder`, advanced by the checkpoint callback), so a resumed run trains on exactly the batches an
+    uninterrupted one would. `sample_weight` (N,) rides along as a third element: class balancing precomputed
+    once (cheaper than Keras's per-batch `class_weight` lookup, benchmarks/training_throughput.py).
     `sequences`: x is (N, T, *spatial, C) and each sequence's frames are augmented alike.
     """
     import tensorflow as tf
 
-    tensors = (x, y) if sample_weight is None else (x, y, np.asarray(sample_weight, np.float32).reshape(-1))
-    ds = tf.data.Dataset.from_tensor_slices(tensors)
-    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    from meddx.train.checkpoints import EpochOrder
+
+    order = order if order is not None else EpochOrder(len(x), seed, auto=True)
+    w = None if sample_weight is None else np.asarray(sample_weight, np.float32).reshape(-1)
+    lead = 2 if sequences else 1
+    nsp = x.ndim - lead - 1
+    xshape: list[Any] = [None, *x.shape[1:]]
     if augmenter is not None:
-        aug = augmenter.as_tf_function(sequences=True) if sequences else augmenter.as_tf_function()
-        ds = ds.map(lambda a, *rest: (aug(a), *rest), num_parallel_calls=1, deterministic=True)
+        xshape = [None, *augmenter.output_shape(xshape[1:], nsp)] if sequences else augmenter.output_shape(xshape, nsp)
+    n_batches = max(1, math.ceil(len(x) / batch_size))
+
+    def _indices() -> tuple[np.ndarray, np.ndarray]:
+        epoch = order.take()
+        perm = order.permutation(epoch)
+        return perm, np.full(len(perm), epoch, np.int64)
+
+    def _gather(b: np.ndarray, idx: np.ndarray, ep: np.ndarray) -> tuple[np.ndarray, ...]:
+        xb = x[idx]
+        if augmenter is not None:
+            rng = order.rng(int(ep[0]), int(b))
+            xb = augmenter.apply_sequences(xb, rng=rng) if sequences else augmenter(xb, rng=rng)
+        xb = np.ascontiguousarray(xb, dtype=np.float32)
+        return (xb, y[idx]) if w is None else (xb, y[idx], w[idx])
+
+    out_types = [tf.float32, tf.as_dtype(y.dtype)] + ([tf.float32] if w is not None else [])
+
+    @tf.autograph.experimental.do_not_convert
+    def _map(b: Any, batch: Any) -> Any:
+        idx, ep = batch
+        res = tf.numpy_function(_gather, [b, idx, ep], out_types, stateful=False, name="meddx_batch")
+        res[0].set_shape(xshape)
+        res[1].set_shape([None, *y.shape[1:]])
+        if w is not None:
+            res[2].set_shape([None])
+        return tuple(res)
+
+    ds = tf.data.Dataset.range(1).flat_map(lambda _: tf.data.Dataset.from_tensor_slices(
+        tuple(tf.numpy_function(_indices, [], [tf.int64, tf.int64], stateful=True))))
+    ds = ds.batch(batch_size).enumerate().map(_map, num_parallel_calls=1, deterministic=True)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(n_batches))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -204,7 +207,9 @@ def check_run_dir(run_dir: Path, overwrite: bool, settings: dict[str, Any] | Non
         _clear_run_dir(run_dir)
         resuming = False
     else:
-        resuming = (run_dir / "backup").is_dir()
+        from meddx.train.checkpoints import CheckpointStore
+
+        resuming = CheckpointStore(run_dir).exists() or (run_dir / "backup").is_dir()
     if settings is None:
         return resuming
     now = {k: v for k, v in json.loads(json.dumps(settings, default=str)).items() if k not in RESUME_FREE}
@@ -273,11 +278,15 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
 
     augmenter = None if cfg.augment == "none" else Augmenter.from_preset(cfg.augment, prep.spatial_ndim, seed=cfg.seed)
     weights = class_sample_weights(y_tr, ds.task) if cfg.class_weights else None
-    train_ds = make_tf_dataset(x_tr, y_tr, batch, cfg.seed, augmenter, sample_weight=weights)
+    from meddx.train.checkpoints import EpochOrder
+
+    order = EpochOrder(len(x_tr), cfg.seed)  # data order and augmentation keyed by epoch: resumes replay exactly
+    train_ds = make_tf_dataset(x_tr, y_tr, batch, cfg.seed, augmenter, sample_weight=weights, order=order)
     log(f"training {cfg.model} for up to {epochs} epochs ({len(tr)} train / {len(va)} val cases, "
         f"batch {batch}{f' over {dist.replicas} devices' if dist.replicas > 1 else ''}, "
         f"{'resuming' if resuming else 'new run'}) -> {run_dir}")
-    callbacks = _make_callbacks(run_dir, x_va, y_va, ds.task, cfg.patience, cfg.max_minutes, cfg.batch_size)
+    callbacks = _make_callbacks(run_dir, x_va, y_va, ds.task, cfg.patience, cfg.max_minutes, cfg.batch_size,
+                                order=order)
     callbacks += list(extra_callbacks or [])
     train_seconds = fit_model(model, train_ds, epochs, callbacks, verbose, run_dir)
     best = callbacks[1]
@@ -356,28 +365,37 @@ def validation_results(model: Any, x_va: np.ndarray, ds: Dataset, va: np.ndarray
 
 
 def fit_model(model: Any, train_ds: Any, epochs: int, callbacks: list[Any], verbose: int | str, run_dir: Path) -> float:
-    """`model.fit` with the RUN's checkpoint folder in place; one line per epoch when not on a terminal. Returns
-    the training seconds."""
+    """`model.fit` resumed from the RUN's checkpoint (train/checkpoints.py); one line per epoch when not on a
+    terminal. Returns the training seconds (summed over resumed attempts)."""
+    from meddx.train.checkpoints import fit_resumable
+
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    t0 = time.monotonic()
-    model.fit(train_ds, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
-    return time.monotonic() - t0
+    return fit_resumable(model, train_ds, epochs, callbacks, verbose=verbose, shuffle=False)
 
 
 def split_cases(ds: Dataset, cfg: TrainConfig, log: Callable[[str], None]) -> tuple[np.ndarray, ...]:
     """(split name per case, train indices, validation indices), patient-grouped; data without a validation split
     (an npz with only train) get one carved from train; both classes must be in each."""
-    splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    from meddx.data.integrity import case_hashes, check_classes, check_no_duplicates, content_groups
+
+    check_classes(ds, None, cfg.allow_rare_classes)  # malformed labels and tiny classes, before splitting them
+    hashes = case_hashes(ds)  # copies of a case are kept in one split, or refused across source-given splits
+    groups = content_groups(ds, hashes)
+    splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed, groups=groups)
     tr, va = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
     if len(va) == 0:
-        from meddx.data.splits import _groups, _holdout, _strata
+        from meddx.data.splits import _holdout, _strata
 
-        va = np.sort(_holdout(_strata(ds), _groups(ds), tr, cfg.val_fraction, cfg.seed))
+        va = np.sort(_holdout(_strata(ds), groups, tr, cfg.val_fraction, cfg.seed))
         splits[va] = "val"
         tr = np.setdiff1d(tr, va)
         log(f"no validation split in the data: held out {len(va)} training cases for validation")
+    check_no_duplicates(ds, splits, hashes, log)
+    ds.extra["content_hashes"] = hashes  # recorded in splits.csv: evaluate refuses test copies of these
+    check_classes(ds, splits, cfg.allow_rare_classes)
+    tr, va = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
     _check_both_classes(ds, tr, "train")
     _check_both_classes(ds, va, "val")
     return splits, tr, va
@@ -426,10 +444,15 @@ def _read_history(path: Path) -> list[dict[str, str]]:
 def _write_splits(path: Path, ds: Dataset, splits: np.ndarray) -> None:
     """Which case went to which split (item names only; no patient identifiers beyond the manifest's own)."""
     names = ds.item_names()
-    lines = ["item,label,split" + (",patient_id" if ds.patient_ids is not None else "")]
+    hashes = ds.extra.get("content_hashes")
+    if hashes is None or len(hashes) != len(ds):
+        from meddx.data.integrity import case_hashes
+
+        hashes = case_hashes(ds)
+    lines = ["item,label,split" + (",patient_id" if ds.patient_ids is not None else "") + ",sha256"]
     for i, (n, s) in enumerate(zip(names, splits)):
         label = ds.class_names[int(ds.labels[i])] if ds.task != "multilabel" else "|".join(
             c for c, v in zip(ds.class_names, ds.labels[i]) if v)
-        row = [n, label, s] + ([str(ds.patient_ids[i])] if ds.patient_ids is not None else [])
+        row = [n, label, s] + ([str(ds.patient_ids[i])] if ds.patient_ids is not None else []) + [hashes[i]]
         lines.append(",".join('"' + c.replace('"', '""') + '"' if "," in c else c for c in row))
     atomic_write_text(path, "\n".join(lines) + "\n")

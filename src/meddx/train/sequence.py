@@ -3,7 +3,7 @@ sampled frames, each preprocessed as a 2D image -> a registry sequence model (`l
 `transformer`, `cnn25d`) -> the RUN `meddx.infer.SequenceClassifier` predicts with.
 
 The recipe is the classifiers' (`meddx.train.fit`): patient-grouped splits, balanced class weights, AdamW with a
-cosine schedule, best-validation-AUC weights, a Youden threshold for binary tasks, `BackupAndRestore` (an
+cosine schedule, best-validation-AUC weights, a Youden threshold for binary tasks, crash-safe checkpoints (an
 interrupted run resumes) and a wall-clock budget. Frames are sampled and preprocessed by
 `meddx.transforms.frames.sequence_input`, the function the predictor uses, so training and inference agree.
 """
@@ -207,10 +207,14 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
     # the one preset table (transforms/augment.py): every frame of a study gets the same draw
     augmenter = None if cfg.augment == "none" else Augmenter.from_preset(cfg.augment, 2, seed=cfg.seed)
     weights = class_sample_weights(y_tr, ds.task) if cfg.class_weights else None
-    train_ds = make_tf_dataset(x_tr, y_tr, batch, cfg.seed, augmenter, sample_weight=weights, sequences=True)
+    from meddx.train.checkpoints import EpochOrder
+
+    order = EpochOrder(len(x_tr), cfg.seed)  # epoch-keyed order and augmentation: a resumed run replays exactly
+    train_ds = make_tf_dataset(x_tr, y_tr, batch, cfg.seed, augmenter, sample_weight=weights, sequences=True,
+                               order=order)
     log(f"training {cfg.model} for up to {epochs} epochs ({len(tr)} train / {len(va)} val studies, batch {batch}, "
         f"augment {cfg.augment}, {'resuming' if resuming else 'new run'}) -> {run_dir}")
-    callbacks = _make_callbacks(run_dir, x_va, y_va, ds.task, cfg.patience, cfg.max_minutes, batch)
+    callbacks = _make_callbacks(run_dir, x_va, y_va, ds.task, cfg.patience, cfg.max_minutes, batch, order=order)
     seconds = fit_model(model, train_ds, epochs, callbacks, verbose, run_dir)
 
     threshold, val_metrics = validation_results(model, x_va, ds, va, cfg, batch_size=16)
