@@ -27,6 +27,7 @@ def _train_args(data: Path, out: Path) -> list[str]:
     return ["train", str(data), "--out", str(out), "--folds", "2", "--epochs", "1", "--batch-size", "16"]
 
 
+@pytest.mark.slow  # two small trainings: ~80 s on the loaded 2-core machine
 def test_folds_are_patient_grouped_runs_with_a_summary(data: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     from meddx.cli import main
