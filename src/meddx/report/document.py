@@ -20,7 +20,8 @@ th, td { border: 1px solid #bbb; padding: .25em .6em; text-align: left; vertical
 th { background: #eef2f6; }
 .notice { border: 2px solid #b35900; background: #fff4e5; padding: .6em .9em; font-weight: bold; }
 .finding { font-size: 1.2em; }
-.ood { border: 3px solid #b00020; background: #fde8ea; color: #b00020; padding: .6em .9em; font-weight: bold; font-size: 1.1em; }
+.ood { border: 3px solid #b00020; background: #fde8ea; color: #b00020; padding: .6em .9em; font-weight: bold;
+       font-size: 1.1em; }
 .high { color: #1b6e1b; } .moderate { color: #8a6d00; } .borderline { color: #b00020; font-weight: bold; }
 .phi { border: 2px solid #b00020; padding: .4em .8em; }
 figure { margin: .6em 0; page-break-inside: avoid; }
