@@ -143,6 +143,11 @@ def test_out_of_distribution_and_prediction_set_at_the_top(small_study, tmp_path
     assert "far from training 64 x 64" in text and "not a reliable diagnosis" in text
     assert "Prediction set (90% coverage): normal or abnormal: the model cannot separate these here" in text
     assert n_pages(pdf) == 1
+    # without --allow-ood the diagnosis is withheld: the verdict on top, no finding, still one page
+    withheld = render_study_report(dict(study, diagnosis_withheld=True), run_info("abnormal", 0.5), tmp_path / "w")
+    text = " ".join(page_text(withheld["pdf"], 1, layout=False).split())
+    assert text.find("Out of distribution") < text.find("No diagnosis: this input is outside")
+    assert "Predicted:" not in text and "Prediction set" not in text and n_pages(withheld["pdf"]) == 1
     # control: a study in distribution says nothing of the kind
     plain = render_study_report(dict(small_study, in_distribution=True), run_info("abnormal", 0.5), tmp_path / "i")
     assert "Out of distribution" not in page_text(plain["pdf"], 1)
