@@ -87,7 +87,8 @@ def wait_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     raise SystemExit("meddx serve did not start")
 
 
-def load_phase(url: str, images: list[bytes], n: int, clients: int, params: dict, max_seconds: float) -> dict:
+def load_phase(url: str, images: list[bytes], n: int, clients: int, params: dict, max_seconds: float,
+               raw: bool = False) -> dict:
     import httpx
 
     lat: list[float] = []
@@ -105,8 +106,12 @@ def load_phase(url: str, images: list[bytes], n: int, clients: int, params: dict
                     return
                 t0 = time.perf_counter()
                 try:
-                    code = c.post("/v1/predict", params=params, files={"file": ("x.png", images[i % len(images)])}
-                                  ).status_code
+                    if raw:  # the body is the file itself (no multipart encoding / parsing)
+                        code = c.post("/v1/predict", params={**params, "filename": "x.png"},
+                                      content=images[i % len(images)]).status_code
+                    else:
+                        code = c.post("/v1/predict", params=params,
+                                      files={"file": ("x.png", images[i % len(images)])}).status_code
                 except httpx.HTTPError:
                     code = -1
                 dt = time.perf_counter() - t0
@@ -157,6 +162,7 @@ def main() -> None:
     ap.add_argument("--no-heatmap", dest="heatmap", action="store_false",
                     help="no Grad-CAM per request (nor in the ceiling); the service's default makes one")
     ap.add_argument("--no-save", action="store_true", help="do not store each result for the viewer")
+    ap.add_argument("--raw", action="store_true", help="send each PNG as the raw body instead of multipart")
     ap.add_argument("--size", type=int, default=64, help="PNG side in pixels")
     ap.add_argument("--max-seconds", type=float, default=600)
     ap.add_argument("--port", type=int, default=0)
@@ -178,9 +184,9 @@ def main() -> None:
         try:
             wait_up(url, proc)
             load_phase(url, images, 16, args.clients, params, 60)  # warm-up
-            r = load_phase(url, images, args.requests, args.clients, params, args.max_seconds)
+            r = load_phase(url, images, args.requests, args.clients, params, args.max_seconds, raw=args.raw)
             print(f"service: {r['n']} requests, {args.clients} clients, workers {args.workers}, queue {args.queue}, "
-                  f"heatmap {args.heatmap}, save {not args.no_save}: p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} "
+                  f"heatmap {args.heatmap}, save {not args.no_save}, {'raw body' if args.raw else 'multipart'}: p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} "
                   f"ms, p99 {r['p99_ms']:.0f} ms, {r['throughput']:.1f} req/s ({r['throughput'] / ceil:.2f}x the "
                   f"in-process ceiling), errors {r['errors']} {r['codes']}")
             health = httpx.get(url + "/healthz", timeout=10).json()

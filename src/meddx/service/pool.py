@@ -1,6 +1,7 @@
 """Bounded, batching inference for the service: admission control (at most `limit` requests in flight, else
 `Busy` -> HTTP 503), decoding and result writing in a small thread pool, and `workers` model threads that each
-take a job plus everything else queued for the same model (up to `max_batch`) and call `predict_batch` once.
+take a job plus everything else queued (up to `max_batch`; waiting at most `batch_wait_s` for requests still
+being decoded) and call `predict_batch` once per model.
 
 Nothing CPU-bound runs on the server's event loop; the queue cannot grow without bound.
 """
@@ -45,7 +46,7 @@ class InferencePool:
     `cpu_threads` threads decode uploads and write results around the model calls."""
 
     def __init__(self, predictors: dict[str, Any], workers: int = 2, limit: int = 32, max_batch: int = 32,
-                 cpu_threads: int | None = None) -> None:
+                 cpu_threads: int | None = None, batch_wait_s: float = 0.004) -> None:
         if workers < 1 or limit < 1:
             raise ValueError("workers and the queue limit must be >= 1")
         self.predictors = predictors
@@ -54,6 +55,8 @@ class InferencePool:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._decoding = 0  # requests being decoded right now: a model thread waits briefly for them to batch
+        self.batch_wait_s = batch_wait_s
         self._cpu = ThreadPoolExecutor(max_workers=cpu_threads or max(2, 2 * workers), thread_name_prefix="meddx-io")
         self.batches: list[int] = []  # sizes of recent model calls (for /healthz and the benchmark)
         self._threads = [threading.Thread(target=self._work, name=f"meddx-model-{i}", daemon=True)
@@ -83,9 +86,15 @@ class InferencePool:
         """Admit, decode (thread), predict (model thread, batched with others), finish (thread)."""
         loop = asyncio.get_running_loop()
         with self.admit():
-            image = await loop.run_in_executor(self._cpu, decode)
-            job = Job(model, image, dict(options or {}))
-            self._queue.put(job)
+            with self._lock:
+                self._decoding += 1
+            try:
+                image = await loop.run_in_executor(self._cpu, decode)
+                job = Job(model, image, dict(options or {}))
+                self._queue.put(job)
+            finally:
+                with self._lock:
+                    self._decoding -= 1
             pred = await asyncio.wrap_future(job.future)
             return await loop.run_in_executor(self._cpu, finish, image, pred)
 
@@ -101,10 +110,15 @@ class InferencePool:
         if first is None:
             return None
         jobs = [first]
+        deadline = time.perf_counter() + self.batch_wait_s
         while len(jobs) < self.max_batch:
+            # take what is queued; wait (a few ms at most) only while other requests are still being decoded
+            wait = deadline - time.perf_counter() if self._decoding > 0 else 0.0
             try:
-                nxt = self._queue.get_nowait()
+                nxt = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
             except queue.Empty:
+                if self._decoding > 0 and time.perf_counter() < deadline:
+                    continue
                 break
             if nxt is None:  # closing: let another worker see it too
                 self._queue.put(None)

@@ -231,13 +231,15 @@ def create_app(predictors: dict[str, Any], token: str, results: str | Path, work
     tmp_root = Path(tmp_root or tempfile.gettempdir())
     state = ServiceState(predictors, token, Path(results), workers, queue, max_upload_mb, orthanc_url, tmp_root)
     state.results.mkdir(parents=True, exist_ok=True)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> Any:
         yield
         await asyncio.to_thread(state.pool.close)
 
-    app = FastAPI(lifespan=lifespan, title="meddx", version="1", description="Medical image decision support: inference service and "
-                  "viewer. Every /v1 route needs `Authorization: Bearer <token>`.")
+    app = FastAPI(lifespan=lifespan, title="meddx", version="1",
+                  description="Medical image decision support: inference service and viewer. Every /v1 route needs "
+                              "`Authorization: Bearer <token>`.")
     app.state.meddx = state
 
     app.add_middleware(Guard, state=state)
@@ -285,7 +287,7 @@ def create_app(predictors: dict[str, Any], token: str, results: str | Path, work
         if written == 0:
             raise InputError("empty upload")
         if is_zip(target):
-            return safe_extract(target, folder / "series", max_bytes=ZIP_EXPANSION * state.max_bytes)
+            return await asyncio.to_thread(safe_extract, target, folder / "series", ZIP_EXPANSION * state.max_bytes)
         if target.suffix == ".zip":
             raise InputError("not a readable zip archive")
         return target
