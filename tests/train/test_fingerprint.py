@@ -122,3 +122,20 @@ def test_record_metadata_reads_files_and_never_raises(tmp_path: Path) -> None:
     info = {}
     record_metadata(info, broken, np.arange(1), log=lambda m: None)
     assert "fingerprint" not in info
+
+
+def test_small_validation_sets_use_a_log_normal_threshold_not_the_maximum() -> None:
+    from scipy.stats import norm
+
+    from meddx.train.fingerprint import SMALL_VAL, ood_threshold
+
+    rng = np.random.default_rng(1)
+    rates = []
+    for _ in range(300):
+        s = np.exp(rng.normal(0, 0.5, 39))
+        t = ood_threshold(s, 0.04)
+        assert t < s.max() * 1.5
+        rates.append(1 - norm.cdf(np.log(t) / 0.5))
+    assert 0.03 <= float(np.mean(rates)) <= 0.06  # ~4 % on average over calibration draws
+    big = np.exp(rng.normal(0, 0.5, SMALL_VAL))
+    assert ood_threshold(big, 0.04) == conformal_upper(big, 0.04)
