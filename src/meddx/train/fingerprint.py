@@ -8,8 +8,9 @@ Two parts, both fitted after training and stored with the RUN:
   penultimate-layer embedding (Lee et al. 2018, "Mahalanobis"), plus a single Gaussian on a 4x4 thumbnail of the
   preprocessed input (catches inputs whose embedding happens to fall near a class: blank, inverted, other
   anatomy). Each view's squared distance is divided by its validation 95th percentile, the largest ratio is the
-  raw score, and the threshold is the conformal (1 - `FALSE_FLAG`) quantile of the validation scores, so on
-  average at most `FALSE_FLAG` (4 %) of new in-distribution cases are flagged (<= 5 % with the sampling noise);
+  raw score, and the threshold is the conformal (1 - `FALSE_FLAG`) quantile of the validation scores (a log-normal
+  fit's quantile below `SMALL_VAL` cases, see `ood_threshold`), so on average about `FALSE_FLAG` (4 %) of new
+  in-distribution cases are flagged (<= 5 % with the sampling noise);
 * the calibration (run.json `calibration`): the temperature fitted on validation logits, ECE before/after, and the
   validation cases' calibrated probabilities and labels (in `ood.npz`) from which split-conformal sets are
   calibrated at any coverage asked at prediction time.
