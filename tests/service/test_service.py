@@ -72,6 +72,8 @@ def test_every_v1_route_needs_the_token(client: Any) -> None:
         r = getattr(client, method)(path, headers={"Authorization": "Bearer wrong-token-of-some-length"})
         assert r.status_code == 401, path
     assert client.get("/v1/models", headers={"Authorization": TOKEN}).status_code == 401  # no "Bearer "
+    assert client.get("/v2/anything").status_code == 401  # default deny: only a few paths are public
+    assert client.get("/static/viewer.js").status_code == 200 and client.get("/").status_code == 200
     assert client.get("/v1/models", headers=AUTH).status_code == 200
 
 
@@ -281,3 +283,14 @@ def test_serve_refuses_to_start_without_a_token(monkeypatch: pytest.MonkeyPatch,
 
 def test_model_names_are_unique_and_url_safe() -> None:
     assert model_names(["/a/run one", "/b/run one", "/c/x"]) == ["run-one", "run-one-2", "x"]
+
+
+def test_serve_refuses_a_port_in_use_before_loading_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.setenv("MEDDX_TOKEN", TOKEN)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(ConfigError, match="cannot listen"):
+            serve(["/no/such/run"], port=s.getsockname()[1])  # the port is checked first

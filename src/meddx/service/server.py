@@ -197,7 +197,7 @@ class Guard:
 
         try:
             length = headers.get(b"content-length", b"")
-            if path.startswith("/v1/") and not token_ok(headers.get(b"authorization", b"").decode("latin-1"),
+            if not _public(path) and not token_ok(headers.get(b"authorization", b"").decode("latin-1"),
                                                         self.state.token):
                 info["outcome"] = "unauthorised"
                 await JSONResponse({"detail": "missing or invalid bearer token"}, status_code=401,
@@ -422,6 +422,15 @@ def create_app(predictors: dict[str, Any], token: str, results: str | Path, work
     return app
 
 
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/docs", "/openapi.json", "/favicon.ico"})
+
+
+def _public(path: str) -> bool:
+    """Paths served without the token (the viewer's static page, liveness, the API description); every other
+    path, all of /v1 included, needs it (default deny)."""
+    return path in PUBLIC_PATHS or (path.startswith("/static/") and ".." not in path)
+
+
 def _route(path: str) -> str:
     """The path for the audit line with study ids kept (they are random) and anything else odd cut short."""
     return re.sub(r"[^A-Za-z0-9/._-]", "?", path)[:120]
@@ -434,6 +443,19 @@ def load_predictors(runs: Sequence[str | Path]) -> dict[str, Any]:
     return {name: load(r) for name, r in zip(model_names(runs), runs)}
 
 
+def _check_port(host: str, port: int) -> None:
+    """ConfigError (one line) when `host:port` cannot be listened on, before the models are loaded."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(infos[0][4])
+    except (OSError, IndexError) as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def serve(runs: Sequence[str | Path], host: str = "127.0.0.1", port: int = 8000, token_file: str | None = None,
           workers: int = 2, queue: int = 32, max_upload_mb: float = 512, results: str | Path | None = None,
           orthanc_url: str | None = None) -> None:
@@ -443,6 +465,7 @@ def serve(runs: Sequence[str | Path], host: str = "127.0.0.1", port: int = 8000,
     token = read_token(token_file)  # before the (slow) model loading: refuse at once without a token
     if workers < 1 or queue < 1 or max_upload_mb <= 0:
         raise ConfigError("--workers and --queue must be >= 1 and --max-upload-mb > 0")
+    _check_port(host, port)
     predictors = load_predictors(runs)
     tmp_results = None
     if results is None:
