@@ -206,6 +206,8 @@ def test_watch_processes_each_stable_study_once_and_resumes(tmp_path):
 def test_killed_watcher_resumes_from_last_finished_change(tmp_path):
     client = FakeOrthanc(3)
     w, calls = make_watcher(tmp_path, client)
+    assert oct(w.work.stat().st_mode & 0o777) == "0o700"
+    (w.work / "series-left-by-a-killed-watcher").mkdir()
     real = w.process_series
 
     def die_on_s2(model, study_uid, series, heatmap_seg, orthanc_id):
@@ -219,6 +221,7 @@ def test_killed_watcher_resumes_from_last_finished_change(tmp_path):
     assert w.state.last_seq == 4 and calls == ["s1"]  # change 5 (s2 stable) was not finished
     w.state.close()
     w2, calls2 = make_watcher(tmp_path, client)
+    assert not list(w2.work.iterdir())  # the killed watcher's temporary series are gone
     w2.run(once=True)
     assert calls2 == ["s2", "s3"] and w2.state.last_seq == 7
     w2.state.close()

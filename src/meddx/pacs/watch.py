@@ -49,6 +49,10 @@ class Watcher:
         self.stop = stop or threading.Event()
         self._sleep = sleep or self.stop.wait
         self.stats = {"processed": 0, "skipped": 0, "failed": 0}
+        # series are fetched under the (locked) state folder, so a killed watcher's leftovers are removed here
+        self.work = self.state.folder / "work"
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(mode=0o700)
 
     # -- the feed ---------------------------------------------------------------------------------
     def run(self, once: bool = False) -> dict[str, int]:
@@ -165,7 +169,7 @@ class Watcher:
 
         from meddx.io import read_image
 
-        work = Path(tempfile.mkdtemp(prefix="meddx-pacs-"))  # mode 0700: the instances hold identifiers
+        work = Path(tempfile.mkdtemp(prefix="series-", dir=self.work))  # mode 0700: the instances hold identifiers
         try:
             src = work / "series"
             src.mkdir()
