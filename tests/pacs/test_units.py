@@ -29,9 +29,13 @@ def test_config_is_loopback_authenticated_dicomweb(tmp_path):
     assert cfg["DicomWeb"]["Enable"] is True and cfg["DicomWeb"]["Root"] == "/dicom-web/"
     assert cfg["StorageDirectory"].startswith(str((tmp_path / "pacs").resolve()))
     assert cfg["DicomAlwaysAllowStore"] is False and cfg["StableAge"] <= 10
-    # the same folder again keeps the generated password
-    write_config(tmp_path / "pacs", http_port=18043, dicom_port=14243)
+    # the same folder again keeps the generated password and the modalities an administrator declared
+    cfg["DicomModalities"] = {"ct1": ["CT1", "10.0.0.7", 104]}
+    cfg["RemoteAccessAllowed"] = True
+    path.write_text(json.dumps(cfg))
+    again = json.loads(write_config(tmp_path / "pacs", http_port=18043, dicom_port=14243).read_text())
     assert read_credentials(cred) == (user, password)
+    assert again["DicomModalities"] == {"ct1": ["CT1", "10.0.0.7", 104]} and again["RemoteAccessAllowed"] is False
 
 
 def test_config_with_given_credentials(tmp_path):

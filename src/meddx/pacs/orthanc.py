@@ -20,6 +20,7 @@ ORTHANC_BIN = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 APT_LINE = "apt-get install orthanc orthanc-dicomweb"
 DEFAULT_USER = "meddx"
+KEPT_KEYS = ("DicomModalities",)  # what an administrator may edit in DIR/orthanc.json; kept across restarts
 
 
 def read_credentials(path: str | Path) -> tuple[str, str]:
@@ -96,6 +97,14 @@ def write_config(storage: str | Path, http_port: int = 8042, dicom_port: int = 4
             raise InputError(f"port {port} is not in 1-65535")
     cfg = orthanc_config(storage, http_port, dicom_port, user, password, stable_age=stable_age)
     path = storage / "orthanc.json"
+    if path.exists():  # keep the modalities an administrator declared (the rest is meddx's, rewritten)
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"existing configuration is not valid JSON: {exc}", path) from None
+        for key in KEPT_KEYS:
+            if isinstance(old.get(key), dict):
+                cfg[key] = old[key]
     _write_private(path, json.dumps(cfg, indent=2) + "\n")  # holds the password
     return path
 
