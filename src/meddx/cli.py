@@ -370,8 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _configure_logging()
     _quiet_third_party()
-    if args.command in TF_COMMANDS:
-        _quiet_tensorflow_import()
+    if args.command in TF_COMMANDS and getattr(args, "runtime", "keras") == "keras":
+        _quiet_tensorflow_import()  # predict --runtime onnx|openvino never needs TensorFlow (~3-20 s to import)
 
     try:
         return _run(args)
