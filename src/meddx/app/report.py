@@ -124,8 +124,8 @@ def _anonymizer() -> tuple[Any, Any]:
             initialize_actions(version)
         except (ValueError, ImportError):
             continue
-        return anonymize_dataset, (lambda v=version: initialize_actions(v))
-    return anonymize_dataset, initialize_actions
+        return anonymize_dataset, version
+    return anonymize_dataset, "dicomfields_2023"
 
 
 def deidentify_dicom_file(path: str | Path) -> Path:
@@ -138,11 +138,28 @@ def deidentify_dicom_file(path: str | Path) -> Path:
     from pydicom.dataset import Dataset
     from dicomanonymizer.simpledicomanonymizer import keep
 
-    anonymize, rules = _anonymizer()
+    from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
+    from dicomanonymizer.simpledicomanonymizer import dictionary as uid_map
+    from dicomanonymizer.simpledicomanonymizer import initialize_actions, replace_element_UID
+
+    anonymize, version = _anonymizer()
     ds = pydicom.dcmread(str(path))
     with _quiet_stdout():  # the package prints skipped tags
         anonymize(ds, extra_anonymization_rules={(0x0040, 0xA730): keep}, delete_private_tags=True,
-                  base_rules_gen=rules)
+                  base_rules_gen=lambda: initialize_actions(version))
+    tables = dicom_anonymization_database_selector(version)
+    uid_tags = {t for t in tables["U_TAGS"] + tables["X_Z_U_STAR_TAGS"] if len(t) == 2}
+
+    new_uids = set(uid_map.values())
+
+    def same_uids(_: Any, elem: Any) -> None:  # nested references (evidence, content tree) get the same new UIDs
+        if elem.VR != "UI" or not isinstance(elem.value, str) or not elem.value or elem.value in new_uids:
+            return
+        if elem.value in uid_map or (elem.tag.group, elem.tag.element) in uid_tags:
+            replace_element_UID(elem)
+            new_uids.add(elem.value)
+
+    ds.walk(same_uids)
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = "PS3.15 basic profile (dicom-anonymizer); SR content kept"
     code = Dataset()

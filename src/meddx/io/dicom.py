@@ -549,6 +549,8 @@ def _read_candidate(f: Path) -> Any | None:
             return _UNREADABLE
     except _PARSE_ERRORS:
         return _UNREADABLE if looks_like_dicom(f) else None
+    if not len(ds) or (not _has_pixels(ds) and "Rows" in ds):
+        return _UNREADABLE  # a DICOM file cut inside its header, or an image header whose pixel data is gone
     return ds if len(ds) and _has_pixels(ds) else None
 
 
