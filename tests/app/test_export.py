@@ -49,10 +49,11 @@ def test_exported_models_agree_with_keras(name: str, dims: int, shape: tuple, tm
     x = np.random.default_rng(1).random((4, *shape), dtype=np.float32)
     ref = model.predict(x, verbose=0)
     assert np.ptp(ref, axis=0).max() > 0  # the inputs give different outputs: a constant export would fail
-    for fmt in ("savedmodel", "onnx", "openvino"):
+    formats = ("savedmodel", "onnx", "openvino") + (("litert",) if (name, dims) in FAST else ())
+    for fmt in formats:
         folder = tmp_path / fmt
         folder.mkdir()
-        write_model(model, fmt, folder, saved_model=tmp_path / "savedmodel" if fmt == "openvino" else None)
+        write_model(model, fmt, folder, saved_model=tmp_path / "savedmodel" if fmt in ("openvino", "litert") else None)
         got = MODELS[fmt](folder, {"output_shape": [None, 3]}).predict(x, batch_size=3)  # two calls: 3 + 1 rows
         diff = max_abs_diff(got, ref)
         assert diff <= DEFAULT_TOLERANCE[fmt], f"{name} {dims}D {fmt}: max |exported - Keras| = {diff:.3g}"

@@ -80,3 +80,12 @@ def test_devices_after_tensorflow_started_is_refused() -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert "refused: --devices 2: TensorFlow was already started" in res.stdout, res.stderr[-2000:]
+
+
+def test_other_trainers_refuse_devices() -> None:
+    """Trainers other than the image classifier's (sequence models) reach compile_model with --devices: refused."""
+    from meddx.train.config import TrainConfig
+    from meddx.train.fit import compile_model
+
+    with pytest.raises(ConfigError, match="--devices is implemented for image classifiers only"):
+        compile_model(TrainConfig(devices="2"), (8, 8, 1), None, 1, 1)

@@ -273,8 +273,8 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     batch = cfg.batch_size * dist.replicas  # --batch-size per device; learning rate linear in the global batch
     steps = max(1, math.ceil(len(tr) / batch))
     with dist.scope():
-        model = compile_model(replace(cfg, learning_rate=cfg.learning_rate * dist.replicas), prep.output_shape, ds,
-                              epochs, steps)
+        model = compile_model(replace(cfg, learning_rate=cfg.learning_rate * dist.replicas, devices=None),
+                              prep.output_shape, ds, epochs, steps)
 
     augmenter = None if cfg.augment == "none" else Augmenter.from_preset(cfg.augment, prep.spatial_ndim, seed=cfg.seed)
     weights = class_sample_weights(y_tr, ds.task) if cfg.class_weights else None
@@ -330,11 +330,14 @@ def log_done(info: dict[str, Any], seconds: float, log: Callable[[str], None]) -
 
 
 def compile_model(cfg: TrainConfig, shape: tuple[Any, ...], ds: Dataset, epochs: int, steps: int) -> Any:
-    """The registry model, compiled with AdamW + cosine decay and a from-logits cross-entropy."""
+    """The registry model, compiled with AdamW + cosine decay and a from-logits cross-entropy. Image-classifier
+    training (`train`) handles `cfg.devices` itself; other trainers reaching here with it set are refused."""
     import keras
 
     from meddx.models.registry import build_model
 
+    if cfg.devices:
+        raise ConfigError("--devices is implemented for image classifiers only; train this model on one device")
     options = {"dropout": cfg.dropout, **(cfg.model_options or {})}
     model = build_model(cfg.model, shape, ds.n_classes, task=ds.task, **options)
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=epochs * steps, alpha=0.01)
