@@ -5,6 +5,7 @@ The screenshot is kept in the test's tmp folder (and copied to $MEDDX_SCREENSHOT
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.service.helpers import AUTH, TOKEN, demo_volume, free_port, png_bytes
+from tests.service.helpers import AUTH, TOKEN, demo_volume, dicom_series_zip, free_port, png_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_SEG = REPO / "tests" / "fixtures" / "runs" / "demo_seg"
@@ -64,7 +65,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                        files={"file": ("study.nii.gz", vol)}, timeout=180)
         assert r.status_code == 200 and "<html" in r.text.lower(), r.text[:300]
         study = httpx.get(url + "/v1/studies/" + r.headers["x-study-id"], headers=AUTH, timeout=30).json()
-        yield {"url": url, "study": study, "log": tmp / "serve.log"}
+        ct = httpx.post(url + "/v1/predict", params={"model": "demo_cls"}, headers=AUTH,
+                        files={"file": ("ct.zip", dicom_series_zip(tmp / "ct"))}, timeout=120)
+        assert ct.status_code == 200, ct.text
+        # as the PACS watcher stores it: with the Orthanc study id the viewer links to
+        res_file = tmp / "results" / ct.json()["id"] / "result.json"
+        res = json.loads(res_file.read_text())
+        res["orthanc_study"] = "0a1b2c3d-orthanc-study"
+        res_file.write_text(json.dumps(res))
+        yield {"url": url, "study": study, "ct": ct.json(), "png": r2.json(), "log": tmp / "serve.log"}
     finally:
         proc.terminate()
         try:
@@ -111,7 +120,7 @@ def test_viewer_worklist_study_slices_overlay(server: dict[str, Any], browser: A
     wait.until(ec.visibility_of_element_located((By.ID, "token"))).send_keys(TOKEN)
     drv.find_element(By.CSS_SELECTOR, "#login-form button").click()
     rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#worklist-table tbody tr.study-row"))
-    assert len(rows) == 2
+    assert len(rows) == 3
     row = next(r for r in rows if r.get_attribute("data-id") == study["id"])
     assert study["label"] in row.text
     drv.save_screenshot(str(tmp_path / "worklist.png"))
@@ -164,12 +173,27 @@ def test_viewer_worklist_study_slices_overlay(server: dict[str, Any], browser: A
     assert [a.text for a in links] == ["Report (HTML)", "Report (PDF)"]
 
     # the classifier study (a single image): its heatmap overlay, no slice scrolling
-    drv.get(server["url"] + "/#/")
-    rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#worklist-table tbody tr.study-row"))
-    next(r for r in rows if r.get_attribute("data-id") != study["id"]).click()
+    drv.get(server["url"] + "/#/study/" + server["png"]["id"])
+    wait.until(lambda d: d.find_element(By.ID, "study-id").text == server["png"]["id"])
     wait.until(lambda d: d.find_element(By.ID, "slice-label").text == "1 / 1")
     assert "heatmap" in drv.find_element(By.ID, "overlay-kind").text
     assert not drv.find_elements(By.CSS_SELECTOR, "#links a.report-link")
+    # a CT series (zip of DICOM): window/level presets change the drawn pixels; the Orthanc link is there
+    drv.get(server["url"] + "/#/study/" + server["ct"]["id"])
+    wait.until(lambda d: d.find_element(By.ID, "study-id").text == server["ct"]["id"])
+    wait.until(lambda d: d.find_element(By.ID, "slice-label").text.endswith("/ 4"))
+    assert drv.find_element(By.ID, "window-control").is_displayed()
+    total = "const c = document.getElementById('image-canvas'); const d = c.getContext('2d')" \
+            ".getImageData(0, 0, c.width, c.height).data; let s = 0; for (let i = 0; i < d.length; i += 4) " \
+            "s += d[i]; return s;"
+    before = drv.execute_script(total)
+    from selenium.webdriver.support.ui import Select
+
+    Select(drv.find_element(By.ID, "window")).select_by_value("-600,1500")  # lung
+    assert drv.execute_script(total) != before
+    link = drv.find_element(By.ID, "orthanc-link").get_attribute("href")
+    assert link == "http://127.0.0.1:8042/app/explorer.html#study?uuid=0a1b2c3d-orthanc-study"
+
     browser_errors = [e for e in drv.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
     assert not browser_errors, browser_errors
 

@@ -65,8 +65,9 @@ function fmtTime(iso) {
 
 async function loadWorklist() {
   show("worklist");
-  const data = await api("/v1/studies");
   const body = $("worklist-table").querySelector("tbody");
+  body.replaceChildren();  // no stale rows while the list reloads
+  const data = await api("/v1/studies");
   body.replaceChildren();
   $("worklist-count").textContent = data.studies.length + " processed stud" + (data.studies.length === 1 ? "y" : "ies");
   for (const r of data.studies) {
@@ -91,6 +92,7 @@ function releaseUrls() { for (const u of state.urls) URL.revokeObjectURL(u); sta
 async function loadStudy(id) {
   show("study");
   releaseUrls();
+  $("study-id").textContent = "";
   const r = await api("/v1/studies/" + encodeURIComponent(id));
   state.study = r;
   $("study-id").textContent = r.id;
