@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO_CLS = REPO / "tests" / "fixtures" / "runs" / "demo_cls"
 SEQUENCE_MODELS = ("lstm", "gru", "tcn", "transformer", "cnn25d")
 FAST = {("cnn", 2), ("cnn", 3)}
+# tf2onnx 1.17 cannot convert these (ConvNeXt: XLA-compiled grouped conv and Erfc of the exact GELU): the export is
+# refused with a one-line error (export_run) and the other formats are used instead
+ONNX_UNSUPPORTED = {"app_convnext_tiny"}
 
 
 def _cases() -> list:
@@ -53,6 +56,11 @@ def test_exported_models_agree_with_keras(name: str, dims: int, shape: tuple, tm
     for fmt in formats:
         folder = tmp_path / fmt
         folder.mkdir()
+        if fmt == "onnx" and name in ONNX_UNSUPPORTED:  # still unsupported: conversion or loading fails
+            with pytest.raises(Exception):
+                write_model(model, fmt, folder)
+                MODELS[fmt](folder, {"output_shape": [None, 3]}).predict(x)
+            continue
         write_model(model, fmt, folder, saved_model=tmp_path / "savedmodel" if fmt in ("openvino", "litert") else None)
         got = MODELS[fmt](folder, {"output_shape": [None, 3]}).predict(x, batch_size=3)  # two calls: 3 + 1 rows
         diff = max_abs_diff(got, ref)

@@ -64,9 +64,13 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, toleran
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        names = write_model(model, fmt, tmp)
-        meta = describe_export(info, prep, model, fmt, names)
-        exported = MODELS[fmt](tmp, meta)
+        try:
+            names = write_model(model, fmt, tmp)
+            meta = describe_export(info, prep, model, fmt, names)
+            exported = MODELS[fmt](tmp, meta)
+        except Exception as exc:  # converters fail in their own ways (unsupported ops, invalid graphs)
+            raise MeddxError(f"cannot export {info.model} as {fmt}: {type(exc).__name__}: {str(exc)[:300]}; "
+                             f"try another --format; nothing written at {target}", path) from None
         diff = max_abs_diff(exported.predict(x, batch_size=32), model.predict(x, batch_size=32, verbose=0))
         del exported
         if not diff <= tol:
