@@ -336,11 +336,17 @@ def _configure_logging() -> None:
     logger.propagate = False
 
 
-def _quiet_tensorflow_import() -> None:
+def _quiet_tensorflow_import(lean: bool = False) -> None:
     """Import TensorFlow with its C++ start-up banner (oneDNN notice, absl warning) kept off the terminal; the
-    banner is replayed if the import fails, so nothing is hidden from a real error."""
+    banner is replayed if the import fails, so nothing is hidden from a real error. `lean` (predict): without
+    Keras's optional scikit-learn/pandas/matplotlib imports (`app.common.without_optional_imports`)."""
     if "tensorflow" in sys.modules:
         return
+    if lean:
+        from meddx.app.common import without_optional_imports
+
+        with without_optional_imports():
+            return _quiet_tensorflow_import()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
     saved = os.dup(2)
@@ -371,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging()
     _quiet_third_party()
     if args.command in TF_COMMANDS and getattr(args, "runtime", "keras") == "keras":
-        _quiet_tensorflow_import()  # predict --runtime onnx|openvino never needs TensorFlow (~3-20 s to import)
+        _quiet_tensorflow_import(lean=args.command == "predict")  # --runtime onnx|openvino: no TensorFlow at all
 
     try:
         return _run(args)
