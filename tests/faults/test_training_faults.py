@@ -191,3 +191,76 @@ def test_random_time_kills_resume_to_the_uninterrupted_result(reference, tmp_pat
         assert res.returncode == 0, res.stderr[-3000:]
     assert time.monotonic() - t0 < 600
     _assert_same(_summary(out), ref)
+
+
+# -- in-process: damaged or odd checkpoint folders --------------------------------------------------------------
+
+def _tiny_fit(run: Path, epochs: int = 3, patience: int | None = None, scores: list[float] | None = None):
+    """A 2-layer model fitted with the checkpointer; `scores` (per epoch) stand in for the validation score."""
+    import keras
+
+    from meddx.train.checkpoints import EpochOrder, fit_resumable, make_checkpointer
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dropout(0.3),
+                              keras.layers.Dense(1)])
+    model.compile(optimizer="adamw", loss="mse")
+
+    class Score(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_score"] = (scores or [0.1 * epoch for _ in range(epochs)])[epoch]
+
+    ck = make_checkpointer(run, "val_score", patience, order=EpochOrder(16, 0))
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    fit_resumable(model, x, epochs, [Score(), ck], verbose=0, y=x[:, :1], batch_size=8, shuffle=False)
+    return model, ck
+
+
+def test_a_corrupt_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
+    from meddx.errors import ConfigError
+    from meddx.train.checkpoints import CheckpointStore
+
+    run = tmp_path / "run"
+    _tiny_fit(run, epochs=3)
+    store = CheckpointStore(run)
+    (run / "checkpoints" / "finished.json").unlink()  # as if killed after the last epoch state only
+    state, epoch_dir = store.latest()
+    assert state.epochs_done == 3 and epoch_dir is not None
+    (epoch_dir / "model.npz").write_bytes(b"PK\x03\x04 truncated by a failing disk")
+    with pytest.raises(ConfigError, match=r"cannot resume from checkpoints/epoch-0003 .*--overwrite"):
+        _tiny_fit(run, epochs=5)
+
+
+def test_a_corrupt_best_file_is_one_clear_error(tmp_path: Path) -> None:
+    from meddx.errors import ConfigError
+
+    run = tmp_path / "run"
+    _, ck = _tiny_fit(run, epochs=2)
+    (run / "checkpoints" / ck.state.best_file).write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match=r"best epoch's weights .* cannot be read"):
+        _tiny_fit(run, epochs=2)
+
+
+def test_early_stop_killed_before_it_was_marked_does_not_train_on(tmp_path: Path) -> None:
+    """Early stopping decided at epoch 3 (best at 1, patience 2); killed before finished.json: the re-run with a
+    longer schedule must not train on, and keeps the best epoch."""
+    run = tmp_path / "run"
+    scores = [0.5, 0.9, 0.8, 0.7, 0.95, 0.99, 0.99, 0.99]
+    _, ck = _tiny_fit(run, epochs=8, patience=2, scores=scores)
+    assert ck.state.epochs_done == 4 and ck.best_epoch == 1 and ck.state.stop_reason
+    (run / "checkpoints" / "finished.json").unlink()
+    _, ck2 = _tiny_fit(run, epochs=8, patience=2, scores=scores)
+    assert ck2.state.epochs_done == 4 and ck2.best_epoch == 1
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+
+
+def test_resumed_tiny_fit_equals_uninterrupted(tmp_path: Path) -> None:
+    """In-process: weights and optimiser (including the dropout seed state) survive a stop after epoch 2."""
+    m_ref, _ = _tiny_fit(tmp_path / "a", epochs=4)
+    _tiny_fit(tmp_path / "b", epochs=2)
+    (tmp_path / "b" / "checkpoints" / "finished.json").unlink()  # as if killed after epoch 2's state
+    m_res, ck = _tiny_fit(tmp_path / "b", epochs=4)
+    assert ck.state.epochs_done == 4 and ck.best_epoch == 3
+    for a, b in zip(m_ref.get_weights(), m_res.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

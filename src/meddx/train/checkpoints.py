@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,7 +284,7 @@ def make_checkpointer(run_dir: str | Path, monitor: str | None, patience: int | 
             if epoch_dir is not None:
                 try:
                     self.store.restore(model, epoch_dir)
-                except (OSError, ValueError) as exc:
+                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
                     raise ConfigError(f"{run_dir}: cannot resume from {CKPT_DIR}/{epoch_dir.name} ({exc}); "
                                       "use --overwrite to start again") from None
             self.state = state
@@ -320,7 +321,11 @@ def make_checkpointer(run_dir: str | Path, monitor: str | None, patience: int | 
         def finish(self, model: Any) -> None:
             """Training ended: mark it so, and leave the model at the best epoch's weights."""
             self.store.write_finished(self.state)
-            self.store.load_best(model, self.state)
+            try:
+                self.store.load_best(model, self.state)
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+                raise ConfigError(f"{run_dir}: the best epoch's weights ({CKPT_DIR}/{self.state.best_file}) cannot "
+                                  f"be read ({exc}); use --overwrite to train again") from None
 
     return Checkpointer()
 
