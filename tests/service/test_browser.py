@@ -191,6 +191,10 @@ def test_viewer_worklist_study_slices_overlay(server: dict[str, Any], browser: A
 
     Select(drv.find_element(By.ID, "window")).select_by_value("-600,1500")  # lung
     assert drv.execute_script(total) != before
+    scores = drv.find_element(By.ID, "slice-scores")  # per-slice probabilities of the classifier's stack
+    assert scores.is_displayed()
+    ActionChains(drv).move_to_element_with_offset(scores, scores.size["width"] // 2 - 4, 0).click().perform()
+    assert drv.find_element(By.ID, "slice-label").text == "4 / 4"
     link = drv.find_element(By.ID, "orthanc-link").get_attribute("href")
     assert link == "http://127.0.0.1:8042/app/explorer.html#study?uuid=0a1b2c3d-orthanc-study"
 

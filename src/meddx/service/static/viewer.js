@@ -233,6 +233,8 @@ async function loadView(r) {
     state.window = v.window || Object.values(v.presets)[0];
     sel.value = state.window.join(",");
   }
+  const sc = $("slice-scores");
+  sc.hidden = !(r.slice_scores && r.slice_scores.length === nz && nz > 1);
   renderKeys(r, base);
   setSlice(v.key_slices && v.key_slices.length ? v.key_slices[0] : Math.floor(nz / 2));
 }
@@ -262,6 +264,25 @@ function setSlice(z) {
   $("slice-label").textContent = (state.z + 1) + " / " + v.shape[0];
   $("viewport").dataset.slice = String(state.z);
   draw();
+}
+
+function drawScores() {
+  const r = state.study, c = $("slice-scores");
+  if (c.hidden) return;
+  const s = r.slice_scores, n = s.length, ctx = c.getContext("2d"), w = c.width, h = c.height;
+  ctx.clearRect(0, 0, w, h);
+  const bw = w / n;
+  for (let i = 0; i < n; i++) {
+    const v = Math.max(0, Math.min(1, s[i]));
+    ctx.fillStyle = r.threshold !== null && v >= r.threshold ? "#ff6b6b" : "#4fb3ff";
+    ctx.fillRect(i * bw + 1, h - v * (h - 4), Math.max(1, bw - 2), v * (h - 4));
+  }
+  if (r.threshold !== null && r.threshold !== undefined) {
+    ctx.fillStyle = "#ffb347";
+    ctx.fillRect(0, h - r.threshold * (h - 4), w, 1);
+  }
+  ctx.strokeStyle = "#e6e9ec";
+  ctx.strokeRect(state.z * bw + 0.5, 0.5, bw - 1, h - 1);
 }
 
 function draw() {
@@ -294,6 +315,7 @@ function draw() {
   }
   octx.putImageData(ov, 0, 0);
   $("overlay").style.opacity = String($("opacity").value / 100);
+  drawScores();
 }
 
 function route() {
@@ -318,6 +340,10 @@ function init() {
   $("opacity").addEventListener("input", (e) => { $("overlay").style.opacity = String(e.target.value / 100); });
   $("show-overlay").addEventListener("change", draw);
   $("window").addEventListener("change", (e) => { state.window = e.target.value.split(",").map(Number); draw(); });
+  $("slice-scores").addEventListener("click", (e) => {
+    const c = e.currentTarget, n = (state.study.slice_scores || []).length;
+    if (n) setSlice(Math.floor((e.offsetX / c.clientWidth) * n));
+  });
   const vp = $("viewport");
   vp.addEventListener("wheel", (e) => { if (!state.study) return; e.preventDefault(); setSlice(state.z + (e.deltaY > 0 ? 1 : -1)); }, { passive: false });
   vp.addEventListener("keydown", (e) => {
