@@ -355,3 +355,14 @@ def test_hashes_of_a_dataset_are_stable(tmp_path: Path) -> None:
     assert case_hashes(ds) == case_hashes(ds) and len(set(case_hashes(ds))) == 6
     splits = np.asarray(["train"] * 6, dtype="<U8")
     assert check_no_duplicates(ds, splits) == case_hashes(ds)
+
+
+def test_one_file_under_two_labels_is_refused(tmp_path: Path) -> None:
+    """The same image filed as 'normal' and as 'lesion' (a copy in the wrong class folder)."""
+    for i in range(30):
+        _png(tmp_path / "data" / ("lesion" if i % 2 else "normal") / f"{i}.png", i, size=16)
+    shutil.copy(tmp_path / "data" / "normal" / "0.png", tmp_path / "data" / "lesion" / "dup.png")
+    with pytest.raises(DataError, match=r"identical content with two labels: .*dup\.png \('lesion'\) and .*0\.png "
+                                        r"\('normal'\)|identical content with two labels: .*0\.png \('normal'\) and "
+                                        r".*dup\.png \('lesion'\)"):
+        _split_cases(load_dataset(tmp_path / "data"))

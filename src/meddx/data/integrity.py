@@ -96,7 +96,7 @@ def check_no_duplicates(ds: Dataset, splits: np.ndarray, hashes: list[str] | Non
     groups: dict[str, list[int]] = defaultdict(list)
     for i, h in enumerate(hashes):
         groups[h].append(i)
-    moved = within = 0
+    moved = within = conflicts = 0
     rank = {"train": 0, "val": 1, "test": 2}
     for members in groups.values():
         if len(members) < 2:
@@ -105,6 +105,13 @@ def check_no_duplicates(ds: Dataset, splits: np.ndarray, hashes: list[str] | Non
         first = members[0]
         for j in members[1:]:
             a, b = str(splits[first]), str(splits[j])
+            if ds.task != "multilabel" and int(ds.labels[first]) != int(ds.labels[j]):
+                what = (f"identical content with two labels: {names[first]} ({ds.class_names[int(ds.labels[first])]!r})"
+                        f" and {names[j]} ({ds.class_names[int(ds.labels[j])]!r})")
+                if not arrays:
+                    raise DataError(f"{what}; keep one copy with the right label", ds.source)
+                LOGGER.warning(f"warning: {what}")
+                conflicts += 1
             if a == b:
                 within += 1
             elif not arrays:  # files the user listed: fix the data, do not guess
