@@ -695,6 +695,61 @@ def c_evaluate_empty_test_split(tmp: Path) -> Case:
                 tmp / "e")
 
 
+def c_info_dev_null(tmp: Path) -> Case:
+    return Case(["info", "/dev/null"], "/dev/null")
+
+
+def c_dicom_nframes_garbage(tmp: Path) -> Case:
+    return Case(["info", str(dicom(tmp / "nf.dcm", NumberOfFrames="-5"))], "nf.dcm")
+
+
+def c_predict_out_name_too_long(tmp: Path) -> Case:
+    out = tmp / ("x" * 300)
+    return Case(["predict", str(DEMO_CLS), str(png(tmp / "a.png")), "--out", str(out)], "x" * 50, tmp)
+
+
+def c_predict_manifest_missing_file(tmp: Path) -> Case:
+    (tmp / "studies.csv").write_text("path\nghost_scan.png\n")
+    return Case(["predict", str(DEMO_CLS), "--manifest", str(tmp / "studies.csv"), "--out", str(tmp / "o")],
+                "ghost_scan.png", tmp / "o")
+
+
+def c_predict_run_is_a_file(tmp: Path) -> Case:
+    (tmp / "run.txt").write_text("not a run")
+    return Case(["predict", str(tmp / "run.txt"), str(png(tmp / "a.png")), "--out", str(tmp / "o")], "run.txt",
+                tmp / "o")
+
+
+def c_report_series_slice_cut_in_pixels(tmp: Path) -> Case:
+    folder = series(tmp / "cutseries", [0.0, 2.0, 4.0, 6.0])
+    f = folder / "IM0002.dcm"
+    f.write_bytes(f.read_bytes()[:-3000])
+    return Case(["report", str(DEMO_CLS), str(folder), "--out", str(tmp / "o")], "IM0002.dcm", tmp / "o")
+
+
+def c_train_npz_huge_header(tmp: Path) -> Case:
+    """An .npz whose train_images member declares 10^12 bytes but holds a few: no allocation, one line."""
+    a = good_npz(tmp)
+    f = npz(tmp / "huge.npz", **a)
+    with zipfile.ZipFile(f) as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    header = parts["train_images.npy"]
+    parts["train_images.npy"] = header.replace(b"(40, 28, 28)", b"(40000000, 28, 900)", 1)
+    with zipfile.ZipFile(f, "w") as z:
+        for n, b in parts.items():
+            z.writestr(n, b)
+    return Case(["train", str(f), "--out", str(tmp / "r")], "huge.npz", tmp / "r")
+
+
+def c_train_class_folder_empty(tmp: Path) -> Case:
+    root = tmp / "classes"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    for i in range(3):
+        png(root / "a" / f"{i}.png", seed=i)
+    return Case(["train", str(root), "--out", str(tmp / "r")], "classes", tmp / "r")
+
+
 CASES: dict[str, Callable[[Path], Case]] = {
     name[2:]: fn for name, fn in sorted(globals().items()) if name.startswith("c_") and callable(fn)}
 

@@ -173,6 +173,9 @@ def load_npz_dataset(path: str | Path) -> Dataset:
         if isinstance(exc, DataError):
             raise
         raise InputError(f"cannot read npz: {exc}", p) from None
+    except MemoryError:
+        raise InputError("not enough memory for its arrays (do the headers declare absurd shapes?); use a machine "
+                         "with more memory or split the data into smaller files", p) from None
 
     shapes = {s: a[0].shape[1:] for s, a in arrays.items()}
     if len({tuple(v) for v in shapes.values()}) > 1:

@@ -88,6 +88,14 @@ def _ts(ds: Any, path: Path | None = None) -> Any:
     return ts
 
 
+def _n_frames(ds: Any, path: Path) -> int:
+    """NumberOfFrames (1 when absent); a negative or absurd count is an InputError."""
+    n = int(_num(ds.get("NumberOfFrames"), 1.0)) or 1
+    if n < 1:
+        raise InputError(f"DICOM NumberOfFrames {n} is not a frame count", path)
+    return n
+
+
 _PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT",
                 "YBR_RCT")
 
@@ -213,7 +221,7 @@ def _instance_info(ds: Any) -> dict[str, Any]:
         "stored": _raw_us(ds, "BitsStored", _raw_us(ds, "BitsAllocated", 16)),
         "pixrep": _raw_us(ds, "PixelRepresentation", 0),
         "photometric": _raw_str(ds, "PhotometricInterpretation") or "",
-        "frames": int(_num(_raw_str(ds, "NumberOfFrames"), 1.0)) or 1,
+        "frames": max(int(_num(_raw_str(ds, "NumberOfFrames"), 1.0)), 1),
         "slope": _raw_str(ds, "RescaleSlope"),
         "intercept": _raw_str(ds, "RescaleIntercept"),
         "time": (_num(_raw_str(ds, "AcquisitionNumber")), _num(_raw_str(ds, "TemporalPositionIdentifier")),
@@ -253,7 +261,7 @@ def _stored_pixels(ds: Any, path: Path) -> np.ndarray:
     except (AttributeError, TypeError, ValueError):
         raise InputError("DICOM image without valid Rows/Columns/BitsAllocated", path) from None
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    nframes = int(_num(ds.get("NumberOfFrames"), 1.0)) or 1
+    nframes = _n_frames(ds, path)
     ts = _ts(ds, path)
     _check_image_header(ds, rows, cols, path)
     if "PixelData" in ds and not ts.is_compressed:
@@ -424,7 +432,7 @@ def _image_from_dataset(ds: Any, p: Path, max_voxels: int) -> Image:
     if not _has_pixels(ds):
         _stored_pixels(ds, p)  # raises the clear "no pixel data" error
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    nframes = int(_num(ds.get("NumberOfFrames"), 1.0)) or 1
+    nframes = _n_frames(ds, p)
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
     except (AttributeError, TypeError, ValueError):

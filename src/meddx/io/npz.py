@@ -22,6 +22,8 @@ def load_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(p, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
+    except MemoryError:
+        raise InputError("not enough memory for its arrays (do the headers declare absurd shapes?)", p) from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "pickle" in msg.lower():
