@@ -171,6 +171,14 @@ def test_viewer_worklist_study_slices_overlay(server: dict[str, Any], browser: A
     # the report made by POST /v1/report is linked from the study page
     links = drv.find_elements(By.CSS_SELECTOR, "#links a.report-link")
     assert [a.text for a in links] == ["Report (HTML)", "Report (PDF)"]
+    main = drv.current_window_handle
+    links[0].click()
+    wait.until(lambda d: len(d.window_handles) == 2)
+    drv.switch_to.window(next(h for h in drv.window_handles if h != main))
+    wait.until(lambda d: "decision-support report" in d.find_element(By.TAG_NAME, "body").text)
+    assert drv.current_url.startswith("blob:")
+    drv.close()
+    drv.switch_to.window(main)
 
     # the classifier study (a single image): its heatmap overlay, no slice scrolling
     drv.get(server["url"] + "/#/study/" + server["png"]["id"])

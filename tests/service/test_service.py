@@ -281,6 +281,11 @@ def test_serve_refuses_to_start_without_a_token(monkeypatch: pytest.MonkeyPatch,
         serve([DEMO_CLS], token_file=str(short))
 
 
+def test_orthanc_url_must_be_http(predictors: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="http"):
+        create_app(predictors, TOKEN, tmp_path, orthanc_url="javascript:alert(1)")
+
+
 def test_model_names_are_unique_and_url_safe() -> None:
     assert model_names(["/a/run one", "/b/run one", "/c/x"]) == ["run-one", "run-one-2", "x"]
 

@@ -161,8 +161,10 @@ def _render_report(predictor: Any, pred: Any, tmp: Path) -> dict[str, bytes]:
 
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store"),
                     (b"referrer-policy", b"no-referrer")]
-CSP = (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
-       b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+# Reports opened from the viewer (blob: documents) inherit this policy: their inline styles apply, no script runs.
+CSP = (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; style-src 'self' "
+       b"'unsafe-inline'; script-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; "
+       b"form-action 'self'")
 
 
 class Guard:
@@ -228,6 +230,8 @@ def create_app(predictors: dict[str, Any], token: str, results: str | Path, work
 
     if not token:
         raise ConfigError("no bearer token")
+    if orthanc_url and not re.match(r"^https?://[^\s\"'<>]+$", orthanc_url):
+        raise ConfigError("--orthanc must be an http:// or https:// URL")
     tmp_root = Path(tmp_root or tempfile.gettempdir())
     state = ServiceState(predictors, token, Path(results), workers, queue, max_upload_mb, orthanc_url, tmp_root)
     state.results.mkdir(parents=True, exist_ok=True)
