@@ -91,7 +91,7 @@ def _table(header: list[str] | None, rows: list[list[str]], st: dict[str, Any], 
     from reportlab.platypus import Table, TableStyle
 
     key_value = not header and all(len(r) == 2 for r in rows)
-    if key_value and len(rows) > 6:
+    if key_value and len(rows) > 4:
         return _table_two_pairs(rows, st, width)
     data = []
     if header:
