@@ -179,3 +179,20 @@ def test_calibration_metrics_and_coverage_option(demo) -> None:
 
     with pytest.raises(ConfigError):
         demo.set_coverage(1.5)
+
+
+def test_report_batch_withholds_the_ood_study_only(demo, demo_slices, tmp_path: Path) -> None:
+    from meddx.io import read_image
+    from meddx.report import render_batch
+
+    inside = demo.predict(read_image(demo_slices[0])).to_study("a")
+    outside = demo.predict(Image(np.random.default_rng(0).integers(0, 255, (64, 64)).astype(np.uint8))).to_study("b")
+    for s in (inside, outside):
+        s["diagnosis_withheld"] = s["in_distribution"] is False
+    assert outside["diagnosis_withheld"] and not inside["diagnosis_withheld"]
+    res = render_batch([inside, outside], demo.info.to_dict(), tmp_path)
+    rows = re.findall(r"<tr>(.*?)</tr>", Path(res["index"]).read_text())
+    assert "(withheld)" in rows[2] and "out of distribution" in rows[2] and not re.search(r"\d\.\d{3}", rows[2])
+    assert re.search(r"\d\.\d{3}", rows[1]) and "(withheld)" not in rows[1]
+    text = _text(Path(res["reports"][1]["html"]))
+    assert "No diagnosis" in text and "Predicted:" not in text and "Heatmap overlay" not in text
