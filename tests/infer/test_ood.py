@@ -196,3 +196,21 @@ def test_report_batch_withholds_the_ood_study_only(demo, demo_slices, tmp_path: 
     assert re.search(r"\d\.\d{3}", rows[1]) and "(withheld)" not in rows[1]
     text = _text(Path(res["reports"][1]["html"]))
     assert "No diagnosis" in text and "Predicted:" not in text and "Heatmap overlay" not in text
+
+
+def test_predictions_csv_says_out_of_distribution_unless_allowed(demo_slices, tmp_path: Path) -> None:
+    import csv
+
+    from meddx.cli import main
+
+    noise = _png(tmp_path / "noise.png", np.random.default_rng(0).integers(0, 255, (64, 64)).astype(np.uint8))
+    inside = str(demo_slices[0])
+    assert main(["predict", str(DEMO), inside, str(noise), "--out", str(tmp_path / "p")]) == 0
+    rows = list(csv.DictReader((tmp_path / "p" / "predictions.csv").open()))
+    assert rows[0]["in_distribution"] == "True" and rows[0]["probability"] and rows[0]["prediction_set"]
+    assert rows[1]["predicted"].startswith("out of distribution: ") and rows[1]["in_distribution"] == "False"
+    assert rows[1]["probability"] == "" and all(rows[1][k] == "" for k in rows[1] if k.startswith("p_"))
+    assert main(["predict", str(DEMO), str(noise), "--out", str(tmp_path / "a"), "--allow-ood"]) == 0
+    allowed = list(csv.DictReader((tmp_path / "a" / "predictions.csv").open()))[0]
+    assert allowed["predicted"] in ("lesion", "normal") and float(allowed["probability"]) > 0
+    assert allowed["in_distribution"] == "False" and float(allowed["ood_score"]) > 1
