@@ -58,7 +58,8 @@ def split_indices(predictor: Any, ds: Any, split: str, log: Log) -> np.ndarray:
                 idx = np.setdiff1d(idx, used)
                 ds.extra["excluded_seen_in_training"] = len(used)
                 log(f"warning: {len(used)} test case(s) have the content of cases the RUN was trained or selected "
-                    f"on (e.g. {example}); left out of the test metrics ({len(idx)} cases scored)")
+                    f"on (matched by content hash to {predictor.path}/splits.csv); left out of the test metrics "
+                    f"({len(idx)} cases scored)")  # no file names in logs (privacy); the error above names one
             else:
                 log(f"warning: {len(used)} of the {len(idx)} cases were used for training or model selection; "
                     "metrics over 'all' are optimistic")
