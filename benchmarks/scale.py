@@ -17,7 +17,6 @@ Run:  python benchmarks/scale.py [--n 10000] [--rss-sizes 1000,10000] [--ray-n 1
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, machine_info, parser, print_header, table, write_results  # noqa: E402
 
 DEMO_RUN = REPO_ROOT / "tests" / "fixtures" / "runs" / "demo_cls"
+PEAK_CHILD = ("import sys\nfrom meddx.cli import main\nrc = main(sys.argv[2:])\n"
+              "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+              "open(sys.argv[1], 'w').write(hwm)\nsys.exit(rc)\n")  # meddx predict, then its own peak RSS (KiB)
 POOL = 2000  # distinct synthetic slices rendered; larger N repeats them with fresh noise (rendering is the slow part)
 
 
@@ -147,24 +149,26 @@ def rss_rows(run: Path, images: np.ndarray, sizes: list[int], work: Path, runtim
     for n in sizes:
         folder = write_pngs(images[:n], work / f"rss{n}")
         for rt in runtimes:
-            cmd = [sys.executable, "-m", "meddx.cli", "predict", str(run), str(folder), "--out", str(work / f"p{n}{rt}"),
-                   "--runtime", rt]
+            # The child reports its own VmHWM: a child's rusage ru_maxrss would include this (big) process's RSS
+            # at fork time, which Linux carries across exec.
+            peak_file = work / f"peak{n}{rt}.txt"
+            cmd = [sys.executable, "-c", PEAK_CHILD, str(peak_file), "predict", str(run), str(folder),
+                   "--out", str(work / f"p{n}{rt}"), "--runtime", rt]
             t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             sec = time.perf_counter() - t0
-            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-            ok = os.waitstatus_to_exitcode(status) == 0
-            rows.append({"studies": n, "runtime": rt, "peak RSS MiB": usage.ru_maxrss / 1024 if ok else None,
-                         "seconds (incl. start-up)": sec, "studies/s": n / sec, "ok": ok or err[-120:]})
-            print(f"  {n} studies, {rt}: {usage.ru_maxrss / 1024:.0f} MiB, {sec:.1f} s", flush=True)
+            ok = proc.returncode == 0 and peak_file.is_file()
+            peak = int(peak_file.read_text()) / 1024 if ok else None
+            rows.append({"studies": n, "runtime": rt, "peak RSS MiB": peak, "seconds (incl. start-up)": sec,
+                         "studies/s": n / sec, "ok": ok or proc.stderr.strip()[-120:]})
+            print(f"  {n} studies, {rt}: {peak} MiB, {sec:.1f} s", flush=True)
         shutil.rmtree(folder, ignore_errors=True)
     return rows
 
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=10_000, help="studies predicted by each runtime (default 10000)")
+    p.add_argument("--n", type=int, default=10_000, help="studies predicted by each runtime (default 10000; 0 skips)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--run", type=Path, default=DEMO_RUN, help="a classifier RUN (default the demo fixture)")
     p.add_argument("--rss-sizes", default="1000,10000", help="numbers of studies for the peak-RSS rows ('' skips)")
@@ -189,14 +193,22 @@ def main() -> None:
         images = make_studies(max([args.n, args.ray_n, *sizes]))
         print(f"generated {len(images)} studies in {time.perf_counter() - t0:.1f} s", flush=True)
         prep = load(run, heatmaps=False).preprocessing
-        x = prep.batch(images[: args.n], progress=False)
-        rows, notes = runtime_rows(run, x, args.batch)
-        tables = {"runtimes": table(rows)}
-        print(f"\n{args.n} studies, 64x64, batch {args.batch} (model time on preprocessed arrays):")
-        print(tables["runtimes"])
-        for fmt, note in notes.items():
-            print(f"  export {fmt}: {note}")
-        payload: dict[str, Any] = {"n": args.n, "batch": args.batch, "runtimes": rows, "export_parity": notes}
+        tables: dict[str, str] = {}
+        payload: dict[str, Any] = {"n": args.n, "batch": args.batch}
+        if args.n:
+            x = prep.batch(images[: args.n], progress=False)
+            rows, notes = runtime_rows(run, x, args.batch)
+            tables["runtimes"] = table(rows)
+            print(f"\n{args.n} studies, 64x64, batch {args.batch} (model time on preprocessed arrays):")
+            print(tables["runtimes"])
+            for fmt, note in notes.items():
+                print(f"  export {fmt}: {note}")
+            payload.update(runtimes=rows, export_parity=notes)
+        else:  # the exports the peak-RSS rows use
+            from meddx.app.export import export_run
+
+            for rt in {r for r in args.rss_runtimes.split(",") if r != "keras"}:
+                export_run(run, rt, log=lambda s: None)
         if args.ray_n:
             folder = write_pngs(images[: args.ray_n], work / "ray_pngs")
             payload["ray"] = ray_rows(run, folder, work)
@@ -208,7 +220,7 @@ def main() -> None:
             tables["rss"] = table(payload["rss"])
             print("\npeak RSS of `meddx predict RUN FOLDER` (fresh process per size):")
             print(tables["rss"])
-    out = write_results(args, "scale", info, payload, tables)
+    out = write_results(args, "scale" if args.n else "scale_rss", info, payload, tables)
     print(f"\nresults: {out}")
 
 
