@@ -66,7 +66,8 @@ class Segmenter(Predictor):
             if self.sliding:
                 logits = sliding_window_predict(self.model, a, self.settings.patch, self.settings.overlap)[..., 0]
             else:
-                logits = np.asarray(self.model.predict(a[None], verbose=0))[0, ..., 0]
+                call = getattr(self.model, "predict_on_batch", None)  # Keras: no tf.data pipeline per call
+                logits = np.asarray(call(a[None]) if call else self.model.predict(a[None], verbose=0))[0, ..., 0]
             return 1.0 / (1.0 + np.exp(-logits))
 
         prob = once(x)
