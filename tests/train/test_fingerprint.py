@@ -67,7 +67,8 @@ def test_demo_fixture_has_a_fingerprint_readable_without_pickle() -> None:
     assert info["fingerprint"]["val_flag_rate"] <= 0.05
     assert info["calibration"]["temperature"] > 0 and "qhat" in info["calibration"]["conformal"]
     arrays = read_ood_arrays(RUNS / "demo_cls")
-    assert arrays is not None and {"emb_means", "emb_precision", "thumb_precision", "threshold", "cal_probs"} <= set(arrays)
+    assert arrays is not None
+    assert {"emb_means", "emb_precision", "thumb_precision", "threshold", "cal_probs"} <= set(arrays)
     assert read_ood_arrays(RUNS / "breast_cls") is None  # trained before fingerprints: none
 
 
