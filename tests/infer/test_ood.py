@@ -214,3 +214,17 @@ def test_predictions_csv_says_out_of_distribution_unless_allowed(demo_slices, tm
     allowed = list(csv.DictReader((tmp_path / "a" / "predictions.csv").open()))[0]
     assert allowed["predicted"] in ("lesion", "normal") and float(allowed["probability"]) > 0
     assert allowed["in_distribution"] == "False" and float(allowed["ood_score"]) > 1
+
+
+def test_high_confidence_only_when_the_conformal_set_agrees() -> None:
+    from meddx.report.study import agree_with_set
+
+    high = "High confidence: the probability is 0.40 from the operating threshold 0.50."
+    agree = {"predicted": "pneumonia", "prediction_set": ["pneumonia"], "coverage": 0.9,
+             "calibrated_probabilities": {"pneumonia": 0.95, "normal": 0.05}}
+    assert agree_with_set("high", high, agree) == ("high", high)
+    level, text = agree_with_set("high", high, {**agree, "prediction_set": ["pneumonia", "normal"]})
+    assert level == "moderate" and text.startswith("Moderate confidence") and "pneumonia or normal" in text
+    level, _ = agree_with_set("high", high, {**agree, "calibrated_probabilities": {"pneumonia": 0.7}})
+    assert level == "moderate"
+    assert agree_with_set("high", high, {"predicted": "x"}) == ("high", high)  # uncalibrated RUN: unchanged

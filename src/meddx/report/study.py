@@ -559,6 +559,7 @@ def render_batch(studies: Sequence[dict[str, Any]], run_info: dict[str, Any], ou
             confidence_statement(float(study["probability"]), None,
                                  sorted(study.get("probs") or [0.0], reverse=True)[1:2][0]
                                  if len(study.get("probs") or []) > 1 else None)[0]
+        level = agree_with_set(level, "", study)[0]  # "high" only when the conformal set agrees
         if study.get("diagnosis_withheld"):
             level = "out of distribution: no diagnosis"
         rows.append((name, "(withheld)" if study.get("diagnosis_withheld") else study["predicted"],
