@@ -102,14 +102,14 @@ def _relocate_text(stage: Path, forms: list[tuple[str, str]]) -> None:
         if not f.is_file() or f.suffix.lower() not in _TEXT_SUFFIXES or f.stat().st_size > _MAX_RELOCATE_BYTES:
             continue
         try:
-            text = f.read_text(encoding="utf-8")
+            text = f.read_bytes().decode("utf-8")  # bytes: CSV's \r\n line ends are kept as written
         except (UnicodeDecodeError, OSError):
             continue
         new = text
         for old, final in forms:
             new = new.replace(old, final)
         if new != text:
-            f.write_text(new, encoding="utf-8")
+            f.write_bytes(new.encode("utf-8"))
 
 
 def _relocate_value(value: Any, forms: list[tuple[str, str]]) -> Any:
