@@ -130,7 +130,7 @@ def test_predict_reads_a_slice_folder_as_one_study(seq_run: Path, stacks: Path, 
 
     folder = stacks.parent / "p03_present"
     assert main(["predict", str(seq_run), str(folder), str(stacks.parent / "p03_absent"),
-                 "--out", str(tmp_path)]) == 0
+                 "--out", str(tmp_path), "--include-phi"]) == 0  # rows named by their inputs
     with open(tmp_path / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [Path(r["input"]).name for r in rows] == ["p03_present", "p03_absent"]
@@ -155,7 +155,8 @@ def test_classifier_runs_still_expand_image_folders(stacks: Path, tmp_path: Path
     run = Path(__file__).resolve().parents[1] / "fixtures" / "runs" / "demo_cls"
     if not (run / "run.json").is_file():
         pytest.skip("fixture RUN tests/fixtures/runs/demo_cls absent")
-    assert main(["predict", str(run), str(stacks.parent / "p00_absent"), "--out", str(tmp_path)]) == 0
+    assert main(["predict", str(run), str(stacks.parent / "p00_absent"), "--out", str(tmp_path),
+                 "--include-phi"]) == 0  # rows named by their inputs
     with open(tmp_path / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [Path(r["input"]).name for r in rows] == [f"slice_{t:02d}.png" for t in range(1, 7)]

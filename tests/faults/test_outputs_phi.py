@@ -53,6 +53,8 @@ def _texts(out: Path) -> dict[str, str]:
             texts[str(p)] = p.read_text(encoding="utf-8", errors="replace")
         elif p.suffix == ".pdf" and shutil.which("pdftotext"):
             texts[str(p)] = subprocess.run(["pdftotext", str(p), "-"], capture_output=True, text=True).stdout
+            if shutil.which("pdfinfo"):  # title, author... of the document
+                texts[str(p)] += subprocess.run(["pdfinfo", str(p)], capture_output=True, text=True).stdout
     return texts
 
 
