@@ -65,6 +65,8 @@ def test_two_logical_cpus_match_one_device(tmp_path: Path) -> None:
     assert (d["per_replica_batch"], d["global_batch"]) == (32, 64)
     assert d["learning_rate"] == pytest.approx(2 * one["distribution"]["learning_rate"])
     auc1, auc2 = one["val_metrics"]["auc"], two["val_metrics"]["auc"]
+    print(f"validation AUC: 1 device {auc1:.4f} {one['val_metrics']['auc_ci']} ({one['training_seconds']} s), "
+          f"2 logical CPUs {auc2:.4f} {two['val_metrics']['auc_ci']} ({two['training_seconds']} s)")
     # both learn the task, and the 2-device AUC lies within the 1-device run's bootstrap CI widened by 0.05
     assert auc1 > 0.75 and auc2 > 0.75, (auc1, auc2)
     lo, hi = one["val_metrics"]["auc_ci"]
