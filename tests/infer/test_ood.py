@@ -228,3 +228,12 @@ def test_high_confidence_only_when_the_conformal_set_agrees() -> None:
     level, _ = agree_with_set("high", high, {**agree, "calibrated_probabilities": {"pneumonia": 0.7}})
     assert level == "moderate"
     assert agree_with_set("high", high, {"predicted": "x"}) == ("high", high)  # uncalibrated RUN: unchanged
+
+
+def test_segmenters_refuse_degenerate_inputs_too(tmp_path: Path, capsys) -> None:
+    from meddx.cli import main
+
+    for case, f in _degenerate_files(tmp_path).items():
+        rc = main(["predict", str(RUNS / "demo_seg"), str(f), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith("meddx: error: "), (case, err)

@@ -55,7 +55,7 @@ def check_degenerate(image: Any, model_ndim: int) -> None:
         raise InputError("contains NaN or infinite pixel values")
     lo, hi = arr.min(), arr.max()
     if lo == hi:
-        raise InputError(f"is a constant image (every value {lo.item():g}): there is nothing to classify")
+        raise InputError(f"is a constant image (every value {lo.item():g}): there is nothing to judge")
 
 
 @dataclass

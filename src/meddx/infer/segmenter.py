@@ -112,7 +112,9 @@ class Segmenter(Predictor):
     def predict(self, image: Any) -> Prediction:
         """Segment one `meddx.io.Image`: mask, probability map, one lesion per connected component."""
         from meddx.explain.lesions import mask_to_lesions
+        from meddx.infer.ood import check_degenerate
 
+        check_degenerate(image, self.spatial_ndim)  # too small / constant / NaN: refused, as for classifiers
         prob, mask = self.segment(image)
         spacing = spacing_of(image)
         lesions = mask_to_lesions(mask, spacing=spacing, connectivity=mask.ndim)  # as postprocess_mask counts
