@@ -149,7 +149,7 @@ def test_3d_model_given_2d_data(tmp_path, capsys):
     png = tmp_path / "slice.png"
     PILImage.fromarray(np.zeros((12, 12), np.uint8)).save(png)
     rc = main(["predict", str(tmp_path / "run3d"), str(png), "--out", str(tmp_path / "p")])
-    _one_error_line(capsys, rc, str(png), "expected a 3D volume, got a 2D image")
+    _one_error_line(capsys, rc, str(png), "is a 2D image", "this model reads 3D volumes")
     assert not (tmp_path / "p" / "predictions.csv").exists()
 
 
