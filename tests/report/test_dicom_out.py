@@ -185,3 +185,26 @@ def test_seg_rejects_wrong_shape(ct_image, ct_dir, tmp_path):
     with pytest.warns(UserWarning), pytest.raises(InputError, match="does not match"):
         write_dicom_seg(ct_image, np.ones((3, 4, 5), bool), ct_dir, tmp_path / "x.dcm")
     assert not (tmp_path / "x.dcm").exists()
+
+
+def test_sr_and_seg_from_sources_without_type2_attributes(ct_image, ct_dir, sphere_mask, tmp_path):
+    """A source may legally lack type-2 patient/study attributes (PatientSex, StudyID ...); the derived SR and SEG
+    are still written, with those attributes present and empty."""
+    import highdicom as hd
+    import pydicom
+
+    dropped = ("PatientSex", "StudyID", "PatientBirthDate", "ReferringPhysicianName", "AccessionNumber")
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in sorted(p for p in ct_dir.iterdir() if p.is_file()):
+        ds = pydicom.dcmread(f)
+        for kw in dropped:
+            if kw in ds:
+                delattr(ds, kw)
+        ds.save_as(src / f.name)
+    sr = hd.sr.srread(write_dicom_sr(ct_image, {"predicted": "lesion", "probability": 0.9}, [], src,
+                                     tmp_path / "sr.dcm"))
+    assert all(kw in sr and not sr[kw].value for kw in dropped)
+    with pytest.warns(UserWarning, match="FrameOfReferenceUID"):
+        seg = hd.seg.segread(write_dicom_seg(ct_image, sphere_mask, src, tmp_path / "seg.dcm"))
+    assert "PatientSex" in seg and not seg.PatientSex

@@ -83,7 +83,26 @@ def load_source_datasets(image: Image, sources: Any, pixels: bool = False) -> li
     if missing:
         raise InputError(f"{len(missing)} of {len(order)} source instances not found among the given DICOM files",
                          str(sources) if isinstance(sources, (str, Path)) else image.source)
-    return [found[u] for u in order]
+    return [_with_type2_attributes(found[u]) for u in order]
+
+
+# Patient/study attributes of type 2 (must be present, may be empty) that highdicom copies from the evidence into
+# a derived SR/SEG; a source may legally lack them, so copies carry them empty instead.
+TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                       "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _with_type2_attributes(ds: Any) -> Any:
+    """`ds`, or a copy with the absent type-2 patient/study attributes present and empty."""
+    import copy
+
+    absent = [kw for kw in TYPE2_PATIENT_STUDY if kw not in ds]
+    if not absent:
+        return ds
+    ds = copy.deepcopy(ds)
+    for kw in absent:
+        setattr(ds, kw, None)
+    return ds
 
 
 def _with_frame_of_reference(datasets: list[Any]) -> list[Any]:
@@ -335,8 +354,7 @@ def write_encapsulated_pdf(pdf: str | Path | bytes, source_dataset: Any, path: s
                "AccessionNumber", "StudyDescription"):
         if kw in src:
             setattr(ds, kw, src[kw].value)
-        elif kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                    "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        elif kw in TYPE2_PATIENT_STUDY:
             setattr(ds, kw, None)  # type 2: present, empty
     if "StudyInstanceUID" not in ds:
         raise InputError("source has no StudyInstanceUID")
