@@ -31,16 +31,10 @@ def probs_to_logits(probs: np.ndarray, task: str) -> np.ndarray:
 
 
 def scaled_probs(logits: np.ndarray, temperature: float, task: str) -> np.ndarray:
-    """(N, K) probabilities of logits / T (binary gives [1 - p, p], like `meddx.models.outputs`)."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    if task == "binary":
-        p = 1.0 / (1.0 + np.exp(-z.reshape(-1)))
-        return np.stack([1 - p, p], axis=1)
-    if task == "multilabel":
-        return 1.0 / (1.0 + np.exp(-z))
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """(N, K) probabilities of logits / T (binary gives [1 - p, p]), through the model outputs' own mapping."""
+    from meddx.models.outputs import logits_to_probs
+
+    return logits_to_probs(np.asarray(logits, dtype=np.float64) / float(temperature), task)
 
 
 def calibrate_probs(probs: np.ndarray, temperature: float | None, task: str) -> np.ndarray:
