@@ -52,7 +52,8 @@ def test_exported_models_agree_with_keras(name: str, dims: int, shape: tuple, tm
     x = np.random.default_rng(1).random((4, *shape), dtype=np.float32)
     ref = model.predict(x, verbose=0)
     assert np.ptp(ref, axis=0).max() > 0  # the inputs give different outputs: a constant export would fail
-    formats = ("savedmodel", "onnx", "openvino") + (("litert",) if (name, dims) in FAST else ())
+    # LiteRT: 2D only (its builtin ops have no MaxPool3D/Conv3D: 3D models are refused by `meddx export`)
+    formats = ("savedmodel", "onnx", "openvino") + (("litert",) if (name, dims) == ("cnn", 2) else ())
     for fmt in formats:
         folder = tmp_path / fmt
         folder.mkdir()
