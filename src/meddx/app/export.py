@@ -61,12 +61,15 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, toleran
     _check_target(target)
     model, prep = load_keras_parts(info, path)
     x, checked_on = parity_inputs(info, path, prep, model)
+    exported_model, emb_dim = _with_features(model, info, path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         try:
-            names = write_model(model, fmt, tmp)
+            names = write_model(exported_model, fmt, tmp)
             meta = describe_export(info, prep, model, fmt, names)
+            if emb_dim:  # the OOD gate's embedding as a second output (see meddx.infer.runtimes)
+                meta.update(embedding_dim=emb_dim, outputs=["logits", "embedding"])
             exported = MODELS[fmt](tmp, meta)
         except Exception as exc:  # converters fail in their own ways (unsupported ops, invalid graphs)
             raise MeddxError(f"cannot export {info.model} as {fmt}: {type(exc).__name__}: {str(exc)[:300]}; "
@@ -86,6 +89,17 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, toleran
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"{fmt} export of {info.model} written to {target} (+ {META_FILE})")
     return target
+
+
+def _with_features(model: Any, info: Any, path: Path) -> tuple[Any, int]:
+    """(the model to export, embedding width): a fingerprinted classifier RUN exports [logits, embedding] so the
+    exported runtime can run the out-of-distribution gate; other RUNs export the model as it is (width 0)."""
+    from meddx.train.fingerprint import OOD_FILE, export_feature_model
+
+    if info.kind != "classifier" or not (path / OOD_FILE).is_file():
+        return model, 0
+    feature_model = export_feature_model(model)
+    return feature_model, int(feature_model.outputs[1].shape[-1])
 
 
 def _check_target(target: Path) -> None:

@@ -55,8 +55,13 @@ class Classifier(Predictor):
     def _embed(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, OOD feature scores) of a preprocessed batch in one model call (scores empty without a
         fingerprint)."""
-        if self.gate is None or not hasattr(self.model, "get_layer"):  # exported runtimes: metadata checks only
+        if self.gate is None:
             return self.predict_proba(x), np.zeros(0)
+        if not hasattr(self.model, "get_layer"):  # an exported runtime: scored when the export has the embedding
+            if not getattr(self.model, "has_features", False):
+                return self.predict_proba(x), np.zeros(0)
+            emb, logits = self.model.features(x)
+            return logits_to_probs(logits, self.task), self.gate.feature_score(emb, x)
         if self._features is None:
             from meddx.train.fingerprint import feature_function
 

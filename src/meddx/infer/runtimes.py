@@ -42,16 +42,48 @@ class ExportedModel:
         self.meta = meta
         self.output_shape = tuple(meta.get("output_shape") or (None, 1))
 
-    def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - every format overrides it
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:  # pragma: no cover - every format overrides it
         raise NotImplementedError
 
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The logits of one batch."""
+        return self._pick(self.run_all(x))[0]
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the export also outputs the OOD embedding (`meddx export` of a fingerprinted RUN)."""
+        return bool(self.meta.get("embedding_dim"))
+
+    def _pick(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, embedding or None) among a call's outputs, told apart by width (runtimes may reorder them)."""
+        outs = [np.asarray(o, np.float32) for o in outputs]
+        if not self.has_features or len(outs) < 2:
+            return outs[0], None
+        width = int(self.meta["embedding_dim"])
+        emb = [o for o in outs if o.shape[-1] == width]
+        logit = [o for o in outs if o.shape[-1] != width]
+        if len(emb) == 1 and len(logit) == 1:
+            return logit[0], emb[0]
+        return outs[0], outs[1]  # same widths: the written order (logits, embedding)
+
     def predict(self, x: np.ndarray, batch_size: int = 128, verbose: int = 0) -> np.ndarray:
-        """Outputs for `x` (N, *input_shape), `batch_size` rows per call."""
+        """Logits for `x` (N, *input_shape), `batch_size` rows per call."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if len(x) == 0:
             return np.zeros((0, *self.output_shape[1:]), np.float32)
-        return np.concatenate([np.asarray(self.run(x[i: i + batch_size]), np.float32)
-                               for i in range(0, len(x), batch_size)])
+        return np.concatenate([self.run(x[i: i + batch_size]) for i in range(0, len(x), batch_size)])
+
+    def features(self, x: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+        """(embedding (N, D) float64, logits) in one pass, as `meddx.train.fingerprint.feature_function` gives."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        embs, logits = [], []
+        for i in range(0, len(x), batch_size):
+            lo, em = self._pick(self.run_all(x[i: i + batch_size]))
+            logits.append(lo)
+            embs.append(em)
+        if not logits:
+            return np.zeros((0, int(self.meta.get("embedding_dim") or 0))), np.zeros((0, *self.output_shape[1:]))
+        return np.concatenate(embs).astype(np.float64), np.concatenate(logits)
 
     __call__ = predict
 
@@ -73,8 +105,8 @@ class OnnxModel(ExportedModel):
                                             providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: x})
 
 
 class OpenVinoModel(ExportedModel):
@@ -97,8 +129,9 @@ class OpenVinoModel(ExportedModel):
         self.compiled = ov.Core().compile_model(str(folder / MODEL_FILES["openvino"]), "CPU", config)
         self.request = self.compiled.create_infer_request()
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return np.array(self.request.infer([x])[0])  # a copy: the request's buffer is reused by the next call
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        res = self.request.infer([x])
+        return [np.array(res[o]) for o in self.compiled.outputs]  # copies: the request's buffers are reused
 
 
 class SavedModelModel(ExportedModel):
@@ -113,8 +146,11 @@ class SavedModelModel(ExportedModel):
         self.loaded = tf.saved_model.load(str(folder))
         self.fn = self.loaded.serve
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.fn(x))
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        out = self.fn(x)
+        if isinstance(out, dict):
+            return [np.asarray(out[k]) for k in sorted(out)]
+        return [np.asarray(o) for o in out] if isinstance(out, (list, tuple)) else [np.asarray(out)]
 
 
 class LiteRTModel(ExportedModel):
@@ -137,17 +173,17 @@ class LiteRTModel(ExportedModel):
             warnings.simplefilter("ignore")
             self.interpreter = Interpreter(model_path=path, num_threads=threads or os.cpu_count() or 1)
         self.input = self.interpreter.get_input_details()[0]["index"]
-        self.output = self.interpreter.get_output_details()[0]["index"]
+        self.outputs = [d["index"] for d in self.interpreter.get_output_details()]
         self.batch = -1
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
         if len(x) != self.batch:
             self.interpreter.resize_tensor_input(self.input, list(x.shape))
             self.interpreter.allocate_tensors()
             self.batch = len(x)
         self.interpreter.set_tensor(self.input, x)
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output).copy()
+        return [self.interpreter.get_tensor(i).copy() for i in self.outputs]
 
 
 MODELS: dict[str, type[ExportedModel]] = {"onnx": OnnxModel, "openvino": OpenVinoModel,

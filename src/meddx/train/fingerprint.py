@@ -129,6 +129,30 @@ def feature_function(model: Any) -> Callable[[np.ndarray], tuple[np.ndarray, np.
     return run
 
 
+def export_feature_model(model: Any) -> Any:
+    """A Keras model with outputs [logits, embedding]: `feature_function`'s embedding computed in the graph
+    (penultimate vector joined with the spatial mean of the 'features' map), so an exported runtime (ONNX,
+    OpenVINO ...) can feed the OOD gate as the Keras model does."""
+    import keras
+
+    from meddx.models.registry import CAM_LAYER, OUTPUT_LAYER
+
+    try:
+        parts = [keras.layers.Flatten()(model.get_layer(OUTPUT_LAYER).input)]
+    except (ValueError, AttributeError):
+        raise InputError(f"model '{model.name}' has no '{OUTPUT_LAYER}' layer to read features from") from None
+    try:
+        fmap = model.get_layer(CAM_LAYER).output
+        if len(fmap.shape) == 4:
+            parts.append(keras.layers.GlobalAveragePooling2D()(fmap))
+        elif len(fmap.shape) == 5:
+            parts.append(keras.layers.GlobalAveragePooling3D()(fmap))
+    except (ValueError, AttributeError):
+        pass
+    emb = parts[0] if len(parts) == 1 else keras.layers.Concatenate()(parts)
+    return keras.Model(model.inputs, [model.outputs[0], emb], name=f"{model.name}_with_features")
+
+
 def thumbnail(x: np.ndarray, side: int = THUMB) -> np.ndarray:
     """(N, side^d * C + 2) input-space descriptor of preprocessed inputs: block means on a side^d grid per channel,
     plus each input's mean and standard deviation."""
