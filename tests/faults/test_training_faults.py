@@ -143,6 +143,7 @@ def test_kills_in_each_window_resume_to_the_uninterrupted_result(reference, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI runs the each-window chain and a random-kill run
 def test_kills_in_every_window_resume_to_the_uninterrupted_result(reference, tmp_path: Path) -> None:
     """Five kills in one run: inside an epoch, with the epoch state half-renamed, after a complete epoch state,
     after the last epoch, and after model.keras but before run.json."""
@@ -157,6 +158,7 @@ def test_kills_in_every_window_resume_to_the_uninterrupted_result(reference, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI runs the each-window chain and a random-kill run
 def test_kill_after_best_weights_and_before_run_json(reference, tmp_path: Path) -> None:
     """Killed right after the best epoch's weights were saved (its epoch state not yet), then after model.keras
     but before run.json: the re-runs redo that epoch alike, do not train again at the end, complete run.json."""
@@ -166,6 +168,7 @@ def test_kill_after_best_weights_and_before_run_json(reference, tmp_path: Path) 
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI runs the each-window chain and a random-kill run
 def test_a_half_written_checkpoint_is_ignored(reference, tmp_path: Path) -> None:
     """Leftovers of interrupted writes (a temporary epoch folder, a truncated best file, garbage epoch folder)
     never break the resume: the newest complete state is used and the leftovers are cleaned up."""
@@ -184,7 +187,7 @@ def test_a_half_written_checkpoint_is_ignored(reference, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1, pytest.param(2, marks=pytest.mark.extended)])
 def test_random_time_kills_resume_to_the_uninterrupted_result(reference, tmp_path: Path, seed: int) -> None:
     """Kills at random wall-clock times (after start-up, anywhere in training or in writing the RUN), several
     per run, until a run finishes; then the RUN equals the uninterrupted one."""
