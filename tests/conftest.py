@@ -41,3 +41,17 @@ def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} is absent")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _meddx_logger_propagates():
+    """`meddx.cli.main`, which many tests call in-process, makes the `meddx` logger print itself and stop
+    propagating; `caplog` listens on the root logger. Each test starts with the CLI's handlers removed and
+    propagation on, so log assertions do not depend on which test ran before."""
+    import logging
+
+    logger = logging.getLogger("meddx")
+    for handler in [h for h in logger.handlers if getattr(h, "_meddx_cli", False)]:
+        logger.removeHandler(handler)
+    logger.propagate = True
+    yield
