@@ -20,9 +20,7 @@ pytest.importorskip("openvino")
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CLS = REPO / "tests" / "fixtures" / "runs" / "demo_cls"
 SEQUENCE_MODELS = ("lstm", "gru", "tcn", "transformer", "cnn25d")
-FAST = {("cnn", 2), ("cnn", 3)}
-# in CI (slow): one model of each family and dimensionality; the rest of the registry is `extended` (pytest -m extended)
-CI = {("resnet18", 2), ("resnet18", 3), ("densenet121", 2), ("lstm", 3), ("app_mobilenetv2", 2)}
+FAST = {("cnn", 2), ("cnn", 3)}  # the other registry models are marked slow (CI runs them: ~5 min in all)
 # tf2onnx 1.17 cannot convert these (ConvNeXt: XLA-compiled grouped conv and Erfc of the exact GELU): the export is
 # refused with a one-line error (export_run) and the other formats are used instead
 ONNX_UNSUPPORTED = {"app_convnext_tiny"}
@@ -39,8 +37,7 @@ def _cases() -> list:
             else:
                 shape = (32, 32) if dims == 2 else (16, 16, 16)
                 shape = (*shape, 3 if spec.channels == 3 else 1)
-            marks = () if (name, dims) in FAST else (pytest.mark.slow,) if (name, dims) in CI else (
-                pytest.mark.slow, pytest.mark.extended)
+            marks = () if (name, dims) in FAST else (pytest.mark.slow,)
             out.append(pytest.param(name, dims, shape, id=f"{name}-{dims}d", marks=marks))
     return out
 
