@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--run", default=str(REPO / "tests" / "fixtures" / "runs" / "demo_cls"))
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--queue", type=int, default=16)
     ap.add_argument("--burst", type=int, default=120, help="concurrent requests of the burst (> --queue)")
     ap.add_argument("--no-heatmap", dest="heatmap", action="store_false",

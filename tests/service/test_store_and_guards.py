@@ -46,7 +46,19 @@ def test_save_list_load_and_the_viewer_arrays(tmp_path: Path) -> None:
     assert v["shape"] == [6, 40, 48] and v["overlay_kind"] == "mask" and v["dtype"] == "uint8"
     over = np.fromfile(folder / v["overlay"], np.uint8).reshape(v["shape"])
     assert over[2:4, 10:20, 10:20].min() == 255 and over.sum() == 255 * 200
-    assert v["key_slices"][0] in (2, 3) and (folder / v["key_images"][0]).read_bytes().startswith(b"\x89PNG")
+    assert v["key_slices"][0] in (2, 3) and not (folder / v["key_images"][0]).exists()  # drawn when first asked
+    key = store.study_file(tmp_path, folder.name, v["key_images"][0])
+    assert key.read_bytes().startswith(b"\x89PNG") and store.study_file(tmp_path, folder.name, key.name) == key
+    from PIL import Image as PILImage
+
+    rgb = np.asarray(PILImage.open(key))
+    k = v["key_slices"][0]
+    inside, outside = rgb[10:20, 10:20], rgb[25:, 25:]
+    assert (inside[..., 0].astype(int) - inside[..., 1]).min() > 40  # the mask burnt in red
+    assert np.abs(outside[..., 0].astype(int) - outside[..., 1]).max() <= 1  # grey elsewhere
+    assert k in (2, 3)
+    with pytest.raises(InputError):
+        store.study_file(tmp_path, folder.name, "key_999.png")  # not listed: not drawn
     assert [r["id"] for r in store.list_results(tmp_path)] == [folder.name]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
 

@@ -6,7 +6,8 @@ Layout of `ROOT/<study_id>/` (each written whole in a hidden temporary folder, t
 sizes, in_distribution / ood_score / prediction_set when the Prediction has them, status, created time, optional
 Orthanc study id), `image.bin` (the slices the viewer draws: uint8 grey, or int16 Hounsfield units for CT so the
 viewer can apply window/level presets; C order, shape in result.json), `overlay.bin` (uint8: heatmap 0-255 or
-mask 0/255, same shape), `key_<k>.png` (key images with the overlay burnt in) and optional attachments
+mask 0/255, same shape), `key_<k>.png` (key images with the overlay burnt in, drawn from those arrays on
+first request) and optional attachments
 (`report.html`, `report.pdf`). No file names, patient names, IDs or dates are stored.
 """
 
@@ -186,12 +187,41 @@ def _write_view(folder: Path, prediction: Any) -> dict[str, Any]:
         view.update(overlay=OVERLAY_FILE, overlay_kind=kind)
     keys = _key_slices(prediction, overlay, display.shape[0])
     view["key_slices"] = keys
-    view["key_images"] = []
-    for k in keys:
-        name = f"key_{k:03d}.png"
-        composite_png(display[k], None if overlay is None else overlay[k], kind, folder / name)
-        view["key_images"].append(name)
+    view["key_images"] = [f"key_{k:03d}.png" for k in keys]  # drawn from the arrays on first request
     return view
+
+
+def _key_image(folder: Path, name: str) -> Path | None:
+    """Draw the key image `name` listed in result.json from image.bin / overlay.bin (the stored view arrays) and
+    keep it; None when the study does not list it. Done on first request, not when the study is stored, so the
+    service's predict path does not pay a PNG encoding per study that may never be viewed."""
+    try:
+        view = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8")).get("view") or {}
+    except (OSError, ValueError):
+        return None
+    if name not in (view.get("key_images") or []):
+        return None
+    k = int(name[4:-4])
+    shape = tuple(int(v) for v in view["shape"])
+    if view.get("dtype") == "int16":
+        hu = np.fromfile(folder / IMAGE_FILE, dtype="<i2").reshape(shape)[k].astype(np.float32)
+        level, width = view.get("window") or CT_PRESETS["soft tissue"]
+        grey = (hu - (level - width / 2)) / width
+    else:
+        grey = np.fromfile(folder / IMAGE_FILE, dtype=np.uint8).reshape(shape)[k] / 255.0
+    overlay = None
+    if view.get("overlay"):
+        overlay = np.fromfile(folder / OVERLAY_FILE, dtype=np.uint8).reshape(shape)[k] / 255.0
+    fd, tmp = tempfile.mkstemp(prefix=".key-", suffix=".png", dir=folder)
+    os.close(fd)
+    try:
+        composite_png(grey, overlay, view.get("overlay_kind"), Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, folder / name)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return folder / name
 
 
 def result_dict(study_id: str, prediction: Any, model_name: str, model_version: str | None = None,
@@ -361,6 +391,8 @@ def study_file(root: str | Path, study_id: str, name: str) -> Path:
     folder = Path(root) / check_id(study_id)
     allowed = name in (RESULT_FILE, IMAGE_FILE, OVERLAY_FILE, *ATTACHMENTS) or bool(
         re.fullmatch(r"key_\d{3,5}\.png", name))
+    if allowed and not (folder / name).is_file() and name.startswith("key_"):
+        _key_image(folder, name)
     if not allowed or not (folder / name).is_file():
         raise InputError("no such file", f"{study_id}/{name}" if allowed else study_id)
     return folder / name

@@ -45,7 +45,7 @@ class InferencePool:
     """`workers` model threads for `predictors` (name -> in-memory predictor); at most `limit` requests in flight;
     `cpu_threads` threads decode uploads and write results around the model calls."""
 
-    def __init__(self, predictors: dict[str, Any], workers: int = 2, limit: int = 32, max_batch: int = 32,
+    def __init__(self, predictors: dict[str, Any], workers: int = 1, limit: int = 32, max_batch: int = 32,
                  cpu_threads: int | None = None, batch_wait_s: float = 0.004) -> None:
         if workers < 1 or limit < 1:
             raise ValueError("workers and the queue limit must be >= 1")

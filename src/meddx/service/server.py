@@ -1,7 +1,7 @@
 """`meddx serve`: the HTTP inference service (FastAPI + uvicorn) and the clinicians' viewer at `/`.
 
-Models are loaded once; uploads are written into a private temporary folder, decoded and predicted in the
-bounded `InferencePool` (503 when full), saved to the results store the viewer lists, and removed. Every `/v1`
+Models are loaded once; uploads are written to private temporary files (removed once decoded), predicted in the
+bounded `InferencePool` (503 when full), saved to the results store the viewer lists. Every `/v1`
 route needs `Authorization: Bearer <token>`; each request leaves one audit line (request id, route, model,
 status, milliseconds) and nothing of the upload (no file names, no DICOM identifiers).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -223,7 +224,7 @@ class Guard:
                            info.get("outcome", "-"), 1000 * (time.perf_counter() - t0), self.state.pool.in_flight)
 
 
-def create_app(predictors: dict[str, Any], token: str, results: str | Path, workers: int = 2, queue: int = 32,
+def create_app(predictors: dict[str, Any], token: str, results: str | Path, workers: int = 1, queue: int = 32,
                max_upload_mb: float = 512, orthanc_url: str | None = None, tmp_root: str | Path | None = None) -> Any:
     """The FastAPI application (tests call this with predictors already loaded; `serve` runs it)."""
     from meddx.app import results as store
@@ -262,8 +263,16 @@ def create_app(predictors: dict[str, Any], token: str, results: str | Path, work
         request.state.model = model
         return model
 
-    async def receive_upload(request: Request, folder: Path) -> Path:
-        """The request body (raw, or the multipart field `file`) written to `folder`; only its suffix is kept."""
+    def private_file(suffix: str, made: list[Path]) -> Path:
+        """A new empty file only this process can read (0600, random name) under the temporary root."""
+        fd, name = tempfile.mkstemp(prefix="meddx-upload-", suffix=suffix, dir=state.tmp_root)
+        os.close(fd)
+        made.append(Path(name))
+        return Path(name)
+
+    async def receive_upload(request: Request, made: list[Path]) -> Path:
+        """The request body (raw, or the multipart field `file`) written to a private temporary file (only its
+        suffix is kept); a zip is extracted into a private folder. Everything created is listed in `made`."""
         ctype = request.headers.get("content-type", "")
         written = 0
         name_hint = request.query_params.get("filename")
@@ -272,7 +281,7 @@ def create_app(predictors: dict[str, Any], token: str, results: str | Path, work
             up = form.get("file")
             if up is None or isinstance(up, str):
                 raise InputError("multipart upload needs a 'file' field")
-            target = folder / ("upload" + upload_suffix(up.filename or name_hint))
+            target = private_file(upload_suffix(up.filename or name_hint), made)
             with open(target, "wb") as out:
                 while chunk := await up.read(1 << 20):
                     written += len(chunk)
@@ -281,7 +290,7 @@ def create_app(predictors: dict[str, Any], token: str, results: str | Path, work
                     out.write(chunk)
             await up.close()
         else:
-            target = folder / ("upload" + upload_suffix(name_hint))
+            target = private_file(upload_suffix(name_hint), made)
             with open(target, "wb") as out:
                 async for chunk in request.stream():
                     written += len(chunk)
@@ -291,19 +300,37 @@ def create_app(predictors: dict[str, Any], token: str, results: str | Path, work
         if written == 0:
             raise InputError("empty upload")
         if is_zip(target):
+            folder = Path(tempfile.mkdtemp(prefix="meddx-upload-", dir=state.tmp_root))
+            made.append(folder)
             return await asyncio.to_thread(safe_extract, target, folder / "series", ZIP_EXPANSION * state.max_bytes)
         if target.suffix == ".zip":
             raise InputError("not a readable zip archive")
         return target
 
+    def remove(made: list[Path]) -> None:
+        for p in made:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
     async def run_job(request: Request, model: str, finish: Any, options: dict[str, Any]) -> Any:
-        """Receive the upload into a private folder, predict it in the pool, always remove the folder."""
-        folder = Path(tempfile.mkdtemp(prefix="meddx-upload-", dir=state.tmp_root))
+        """Receive the upload into private temporary files, predict it in the pool, always remove them."""
+        made: list[Path] = []
         try:
-            path = await receive_upload(request, folder)
-            return await state.pool.run(model, _decoder(path, state.predictors[model]), finish, options)
+            path = await receive_upload(request, made)
+            decode = _decoder(path, state.predictors[model])
+
+            def decode_and_remove() -> Any:  # the decoded arrays are in memory: the files can go at once
+                try:
+                    return decode()
+                finally:
+                    remove(made)
+
+            return await state.pool.run(model, decode_and_remove, finish, options)
         finally:
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+            if any(p.exists() for p in made):  # refused before decoding (busy, too large, bad zip ...)
+                await asyncio.to_thread(remove, made)
 
     async def guarded(request: Request, model: str, finish: Any, options: dict[str, Any]) -> Any:
         try:
@@ -461,7 +488,7 @@ def _check_port(host: str, port: int) -> None:
 
 
 def serve(runs: Sequence[str | Path], host: str = "127.0.0.1", port: int = 8000, token_file: str | None = None,
-          workers: int = 2, queue: int = 32, max_upload_mb: float = 512, results: str | Path | None = None,
+          workers: int = 1, queue: int = 32, max_upload_mb: float = 512, results: str | Path | None = None,
           orthanc_url: str | None = None) -> None:
     """Load the RUNs, then serve the API and the viewer with uvicorn until interrupted."""
     import uvicorn
