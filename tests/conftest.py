@@ -36,6 +36,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def ct_dir(shared_data) -> Path:
+    """The real abdominal CT series (3D-IRCADb, DICOM); skips the test when it is absent."""
+    return require(shared_data / "dicom" / "ct_abdomen_ircadb")
+
+
 def require(path: Path) -> Path:
     """Skip unless this particular real-data path exists."""
     if not path.exists():

@@ -9,21 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CT = "dicom/ct_abdomen_ircadb"
-
-
 def gaussian_blob(shape, centre, sigma):
     grids = np.ogrid[tuple(slice(0, s) for s in shape)]
     d2 = sum(((g - c) / s) ** 2 for g, c, s in zip(grids, centre, sigma))
     return np.exp(-0.5 * d2)
-
-
-@pytest.fixture(scope="session")
-def ct_dir(shared_data) -> Path:
-    p = shared_data / CT
-    if not p.is_dir():
-        pytest.skip(f"real data {p} is absent")
-    return p
 
 
 @pytest.fixture(scope="session")
