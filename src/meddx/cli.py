@@ -89,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation, folds grouped by patient")
     t.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="run cross-validation folds here one after another (local) or as parallel Ray tasks")
+    t.add_argument("--class-weights", action=argparse.BooleanOptionalAction, dest="class_weights",
+                   help="weight cases so every class counts equally (default: off for image classifiers, whose "
+                        "argmax accuracy it lowered in cross-validation; on for sequence classifiers); turn on for "
+                        "a rare class that must not be missed, or for sharper Grad-CAM localisation (the demo does)")
     t.add_argument("--allow-rare-classes", action="store_true", dest="allow_rare_classes",
                    help="train even when a class has too few cases to learn or validate")
     t.add_argument("--overwrite", action="store_true",
@@ -236,7 +240,7 @@ def _run(args: argparse.Namespace) -> int:
                                                          "select_channels", "channel_dropout", "lesion_fade",
                                                          "seg_loss", "patch_size", "stack_min_fraction",
                                                          "frames", "frame_sampling", "smoother", "devices",
-                                                         "allow_rare_classes")},
+                                                         "allow_rare_classes", "class_weights")},
                           source="command line")
         cfg = cfg.updated({"image_size": args.image_size})
         from meddx.app.common import choose_trainer

@@ -135,6 +135,14 @@ def test_multilabel_and_multiclass_heads(tmp_path):
                  log=lambda s: None)
     assert info["task"] == "multiclass" and len(info["class_names"]) == 3
     assert len(info["val_metrics"]["per_class"]) == 3
+    assert info["config"]["class_weights"] is False  # default: no class weights, recorded as used
+
+
+def test_class_weights_are_off_unless_asked() -> None:
+    from meddx.train.config import class_weights_for
+
+    assert not class_weights_for(TrainConfig()) and class_weights_for(TrainConfig(class_weights=True))
+    assert TrainConfig().updated({"class_weights": True}).class_weights is True
 
 
 def test_class_balancing_rides_in_the_dataset_as_sample_weights() -> None:

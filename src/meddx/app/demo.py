@@ -49,7 +49,9 @@ def run_demo(out: str | Path = "meddx-demo", data: str | Path | None = None, n: 
         ds = load_dataset(data_path)
         log(f"[1/5] using {data_path}")
     demo_model = model_options or FINE_CAM_MODEL
-    cfg = TrainConfig(epochs=epochs or 30, max_minutes=minutes, seed=seed, patience=8,
+    # Class-balanced training: its Grad-CAM points at the lesion far more often on the demo data (pointing game
+    # 0.898 with, 0.659 without; tests/explain/test_demo_localisation.py), and the demo is about localisation.
+    cfg = TrainConfig(epochs=epochs or 30, max_minutes=minutes, seed=seed, patience=8, class_weights=True,
                       image_size=size if data is None else None, model_options=demo_model if data is None else None)
     log("[2/5] training")
     train(ds, run_dir, cfg, overwrite=True, log=log)

@@ -27,7 +27,7 @@ from meddx.data.splits import assign_splits
 from meddx.errors import ConfigError, DataError
 from meddx.models.outputs import logits_to_probs
 from meddx.models.runtime import configure_tensorflow
-from meddx.train.config import TrainConfig, auto_epochs
+from meddx.train.config import TrainConfig, auto_epochs, class_weights_for
 from meddx.utils import atomic_path, atomic_write_json, atomic_write_text
 
 LOGGER = logging.getLogger("meddx")
@@ -256,6 +256,7 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     if model_spec(cfg.model).is_segmentation:
         raise ConfigError(f"model '{cfg.model}' is a segmentation network; use --task segmentation")
+    cfg = replace(cfg, class_weights=class_weights_for(cfg))  # run.json records what was used
     splits, tr, va = split_cases(ds, cfg, log)
     summary = describe(ds, splits)
     log(format_summary(summary))
@@ -292,7 +293,8 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     best = callbacks[1]
 
     # Operating point and validation metrics from the selected (best) weights.
-    threshold, val_metrics = validation_results(model, x_va, ds, va, cfg)
+    prior = 0.5 if cfg.class_weights else float(np.mean(ds.labels[tr] == 1))
+    threshold, val_metrics = validation_results(model, x_va, ds, va, cfg, prior=prior)
     info: dict[str, Any] = {
         "meddx_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -351,15 +353,17 @@ def compile_model(cfg: TrainConfig, shape: tuple[Any, ...], ds: Dataset, epochs:
 
 
 def validation_results(model: Any, x_va: np.ndarray, ds: Dataset, va: np.ndarray, cfg: TrainConfig,
-                       batch_size: int = 256) -> tuple[float | None, dict[str, Any]]:
+                       batch_size: int = 256, prior: float = 0.5) -> tuple[float | None, dict[str, Any]]:
     """(Operating threshold for binary tasks else None, validation metrics at that threshold). The threshold is
-    `robust_threshold`: bootstrap-median Youden shrunk toward 0.5 (class-balanced training) when the validation
-    split is small, so 78 validation cases cannot push it to 0.98."""
+    `robust_threshold`: bootstrap-median Youden shrunk toward `prior` when the validation split is small, so 78
+    validation cases cannot push it to 0.98. `prior` is where Youden's point lies for calibrated probabilities
+    before any validation data: 0.5 after class-balanced training, the training prevalence of the positive class
+    after unweighted training."""
     from meddx.evaluate.classification import classification_metrics, robust_threshold
 
     probs = logits_to_probs(model.predict(x_va, batch_size=batch_size, verbose=0), ds.task)
     y = ds.labels[va]
-    threshold = (float(robust_threshold(y, probs[:, 1], prior=0.5 if cfg.class_weights else None, seed=cfg.seed))
+    threshold = (float(robust_threshold(y, probs[:, 1], prior=prior, seed=cfg.seed))
                  if ds.task == "binary" else None)
     groups = ds.patient_ids[va] if ds.patient_ids is not None else None
     metrics = classification_metrics(y, probs, ds.class_names, task=ds.task,

@@ -206,7 +206,7 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
 
     # the one preset table (transforms/augment.py): every frame of a study gets the same draw
     augmenter = None if cfg.augment == "none" else Augmenter.from_preset(cfg.augment, 2, seed=cfg.seed)
-    weights = class_sample_weights(y_tr, ds.task) if cfg.class_weights else None
+    weights = class_sample_weights(y_tr, ds.task) if cfg.class_weights is not False else None  # default: on
     from meddx.train.checkpoints import EpochOrder
 
     order = EpochOrder(len(x_tr), cfg.seed)  # epoch-keyed order and augmentation: a resumed run replays exactly
