@@ -16,6 +16,7 @@ import pytest
 from meddx.errors import InputError
 from meddx.io import read_image
 from meddx.io.video import VideoStudy, count_frames, read_frames, read_frames_at
+from tests.media import write_gif, write_video
 
 av = pytest.importorskip("av")
 
@@ -32,29 +33,6 @@ def _frames(n: int, h: int = 48, w: int = 64, grey: bool = False, seed: int = 0)
         f[(2 * i) % h, :, 1] = 200
         out.append(np.repeat(f[..., :1], 3, axis=-1) if grey else f)
     return out
-
-
-def write_video(path: Path, frames: list[np.ndarray], codec: str = "libx264", fps: int = 10,
-                fmt: str | None = None, options: dict | None = None) -> Path:
-    if codec not in av.codecs_available:
-        codec = "mpeg4"
-    with av.open(str(path), "w", format=fmt, options=options or {}) as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def write_gif(path: Path, frames: list[np.ndarray]) -> Path:
-    from PIL import Image as PILImage
-
-    ims = [PILImage.fromarray(f) for f in frames]
-    ims[0].save(path, save_all=True, append_images=ims[1:], duration=80, loop=0)
-    return path
 
 
 def _gif_bytes(arr: np.ndarray) -> bytes:

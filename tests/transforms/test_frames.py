@@ -13,6 +13,7 @@ from meddx.io import read_image
 from meddx.io.video import VideoStudy
 from meddx.transforms.frames import FRAMES_CACHE, read_study, sequence_input
 from meddx.transforms.preprocess import Preprocessing
+from tests.media import write_gif, write_video
 
 av = pytest.importorskip("av")
 
@@ -33,26 +34,6 @@ def _frames(n: int, h: int = 40, w: int = 56, grey: bool = False) -> list[np.nda
         f[(2 * i) % h, :, 2] = 180
         out.append(np.repeat(f[..., :1], 3, axis=-1) if grey else f)
     return out
-
-
-def _mp4(path: Path, frames: list[np.ndarray]) -> Path:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def _gif(path: Path, frames: list[np.ndarray]) -> Path:
-    from PIL import Image as PILImage
-
-    ims = [PILImage.fromarray(f) for f in frames]
-    ims[0].save(path, save_all=True, append_images=ims[1:], duration=80, loop=0)
-    return path
 
 
 PREPS = {"rgb32": dict(image_size=32, channels=3), "grey24": dict(image_size=24, channels=1)}
@@ -78,7 +59,7 @@ def _no_video_reads(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_fast_path_equals_full_decode(tmp_path: Path, kind: str, prep_name: str) -> None:
     frames = {"mp4": _frames(45), "gif": _frames(33), "grey_gif": _frames(33, grey=True),
               "short_mp4": _frames(5)}[kind]
-    path = (_gif if "gif" in kind else _mp4)(tmp_path / f"clip.{'gif' if 'gif' in kind else 'mp4'}", frames)
+    path = (write_gif if "gif" in kind else write_video)(tmp_path / f"clip.{'gif' if 'gif' in kind else 'mp4'}", frames)
     prep = Preprocessing(spatial_ndim=2, intensity="minmax", **PREPS[prep_name])
     study = read_study(path)
     assert isinstance(study, VideoStudy) and not study.decoded
@@ -94,7 +75,7 @@ def test_fast_path_equals_full_decode(tmp_path: Path, kind: str, prep_name: str)
 
 
 def test_cached_study_opens_no_video(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _mp4(tmp_path / "clip.mp4", _frames(30))
+    path = write_video(tmp_path / "clip.mp4", _frames(30))
     prep = Preprocessing(spatial_ndim=2, image_size=32, channels=3)
     first = sequence_input(read_study(path), prep, 8)
     assert len(list((cache_dir / FRAMES_CACHE).glob("*.npz"))) == 1
@@ -109,10 +90,10 @@ def test_cached_study_opens_no_video(tmp_path: Path, cache_dir: Path, monkeypatc
 
 
 def test_changed_file_misses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _mp4(tmp_path / "clip.mp4", _frames(30))
+    path = write_video(tmp_path / "clip.mp4", _frames(30))
     prep = Preprocessing(spatial_ndim=2, image_size=32, channels=3)
     before = sequence_input(read_study(path), prep, 8)
-    _mp4(path, _frames(21))  # replaced by another clip
+    write_video(path, _frames(21))  # replaced by another clip
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     after = sequence_input(read_study(path), prep, 8)
@@ -125,7 +106,7 @@ def test_unwritable_cache_still_works(tmp_path: Path, monkeypatch: pytest.Monkey
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x")
     monkeypatch.setenv("MEDDX_CACHE", str(blocker))
-    path = _mp4(tmp_path / "clip.mp4", _frames(12))
+    path = write_video(tmp_path / "clip.mp4", _frames(12))
     prep = Preprocessing(spatial_ndim=2, image_size=16, channels=1)
     _same(sequence_input(read_study(path), prep, 4), sequence_input(read_image(path), prep, 4))
 
