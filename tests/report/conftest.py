@@ -99,3 +99,21 @@ def pdf_first_page_nonblank(pdf: Path, tmp: Path) -> None:
     for page in pages:
         a = np.asarray(PILImage.open(page).convert("L"))
         assert a.std() > 5 and (a < 128).mean() > 0.002, f"{page.name} looks blank"
+
+
+@pytest.fixture
+def small_study(small_dcm):
+    """A one-image (2D DICOM) study with a heatmap and one candidate lesion."""
+    from meddx.explain import heatmap_to_lesions
+    from meddx.io import read_image
+
+    img = read_image(small_dcm)
+    disp = img.array.astype(np.float32)
+    if disp.ndim == 3:
+        disp = disp[..., 0]
+    heat = gaussian_blob(disp.shape, (40, 70), (6, 6)).astype(np.float32)
+    return {"source": str(small_dcm), "image": img, "display": disp, "probs": [0.55, 0.45],
+            "class_names": ["normal", "abnormal"], "predicted": "normal", "probability": 0.55,
+            "positive_class": "abnormal", "threshold": 0.5, "heatmap": heat,
+            "lesions": heatmap_to_lesions(heat, 0.5, spacing=img.spacing), "slice_scores": None,
+            "key_slices": None, "spacing": img.spacing}

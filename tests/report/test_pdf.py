@@ -79,24 +79,6 @@ def assert_figures_with_captions(pdf: Path, html_path: Path) -> None:
     assert found == len(prefixes)
 
 
-@pytest.fixture()
-def small_study(small_dcm):
-    """A one-image (2D DICOM) study with a heatmap and one candidate lesion."""
-    from meddx.explain import heatmap_to_lesions
-    from meddx.io import read_image
-
-    img = read_image(small_dcm)
-    disp = img.array.astype(np.float32)
-    if disp.ndim == 3:
-        disp = disp[..., 0]
-    heat = gaussian_blob(disp.shape, (40, 70), (6, 6)).astype(np.float32)
-    return {"source": str(small_dcm), "image": img, "display": disp, "probs": [0.55, 0.45],
-            "class_names": ["normal", "abnormal"], "predicted": "normal", "probability": 0.55,
-            "positive_class": "abnormal", "threshold": 0.5, "heatmap": heat,
-            "lesions": heatmap_to_lesions(heat, 0.5, spacing=img.spacing), "slice_scores": None,
-            "key_slices": None, "spacing": img.spacing}
-
-
 def test_single_image_study_is_one_page_with_tables_and_key_image(small_study, small_dcm, tmp_path):
     import pydicom
 

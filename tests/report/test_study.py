@@ -83,23 +83,6 @@ def test_ct_series_report_with_phi(ct_study, ct_dir, ct_phi_values, tmp_path):
     assert study["phi"]["PatientName"] in text
 
 
-@pytest.fixture
-def small_study(small_dcm):
-    from meddx.explain import heatmap_to_lesions
-    from meddx.io import read_image
-
-    img = read_image(small_dcm)
-    disp = img.array.astype(np.float32)
-    if disp.ndim == 3:
-        disp = disp[..., 0]
-    heat = gaussian_blob(disp.shape, (40, 70), (6, 6)).astype(np.float32)
-    les = heatmap_to_lesions(heat, 0.5, spacing=img.spacing)
-    return {"source": str(small_dcm), "image": img, "display": disp, "probs": [0.55, 0.45],
-            "class_names": ["normal", "abnormal"], "predicted": "normal", "probability": 0.55,
-            "positive_class": "abnormal", "threshold": 0.5, "heatmap": heat, "lesions": les,
-            "slice_scores": None, "key_slices": None, "spacing": img.spacing}
-
-
 def test_2d_dicom_report(small_study, small_dcm, tmp_path):
     import pydicom
 
