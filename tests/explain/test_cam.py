@@ -97,6 +97,24 @@ def test_default_class_is_prediction(model_factory):
     np.testing.assert_allclose(grad_cam(model, x), grad_cam(model, x, class_index=pred), atol=1e-6)
 
 
+def test_gradient_graph_is_traced_once_per_model_and_method(model_factory):
+    """Batches of any size, explicit or predicted classes: one traced graph per (model, layer, method), reused."""
+    from meddx.explain import cam
+
+    model = model_factory((16, 16, 1), units=3, seed=6)
+    x = np.random.default_rng(4).normal(size=(5, 16, 16, 1)).astype(np.float32)
+    first = grad_cam(model, x[:2])
+    grad_cam(model, x, class_index=[0, 1, 2, 0, 1])
+    again = grad_cam(model, x[:2])
+    graphs = cam._CAM_GRAPHS[model]
+    assert len(graphs) == 1
+    fn, _ = next(iter(graphs.values()))
+    assert fn.experimental_get_tracing_count() == 1
+    np.testing.assert_array_equal(first, again)
+    grad_cam_plus_plus(model, x[:1])
+    assert len(cam._CAM_GRAPHS[model]) == 2
+
+
 def test_batchnorm_inference_mode_batch_independent(model_factory):
     """BN must run in inference mode: a sample's heatmap does not depend on its batch mates."""
     model = model_factory((16, 16, 1), units=1, seed=4)
