@@ -2,7 +2,11 @@
 p50/p95/p99, throughput, errors) beside the in-process `predict_batch` throughput of the same RUN (the ceiling),
 then a burst over the queue limit (503s expected) and a check that the server still answers.
 
-    python benchmarks/service_load.py [--run tests/fixtures/runs/demo_cls] [--requests 500] [--clients 8]
+By default two RUNs are measured one after the other: the 64x64 demo CNN (`tests/fixtures/runs/demo_cls`, ~1-2 ms
+per study: HTTP work dominates) and a ResNet-18 on 128x128 PNGs trained here for 2 epochs on synthetic data
+(~40 ms per study: the model dominates; its accuracy is irrelevant to throughput). `--run` measures one RUN.
+
+    python benchmarks/service_load.py [--run RUN --size PX] [--requests 500] [--clients 8]
 
 Bounded: loopback only, at most --requests + --burst requests and --max-seconds for the load phase.
 """
@@ -151,9 +155,63 @@ def burst(url: str, image: bytes, n: int, params: dict) -> dict[int, int]:
     return codes
 
 
+def resnet_run(work: Path) -> Path:
+    """A ResNet-18 RUN on 128x128 synthetic images (2 epochs through `meddx train`): a model whose inference costs
+    more than the HTTP work around it."""
+    from meddx.data.synthetic import make_synthetic_dataset
+
+    d = make_synthetic_dataset(n=240, size=128, seed=1, dtype="uint8")
+    x, y = d["images"], np.asarray(d["labels"]).reshape(-1, 1)
+    np.savez(work / "synthetic128.npz", train_images=x[:180], train_labels=y[:180], val_images=x[180:],
+             val_labels=y[180:])
+    run = work / "resnet18_128"
+    subprocess.run([sys.executable, "-c", "import sys; from meddx.cli import main; sys.exit(main())", "train",
+                    str(work / "synthetic128.npz"), "--model", "resnet18", "--epochs", "2", "--out", str(run)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return run
+
+
+def measure(args: argparse.Namespace, run: str, size: int) -> bool:
+    """Ceiling, load phase, burst and liveness for one RUN; True when the behaviour checks pass."""
+    import httpx
+
+    from tests.service.helpers import free_port
+
+    images = pngs(64, size)
+    ceil = ceiling(run, images, args.heatmap, batch=16)
+    print(f"RUN {Path(run).name} ({size}x{size} PNGs)")
+    print(f"in-process predict_batch (decode + predict, batch 16): {ceil:.1f} studies/s")
+    params = {"heatmap": str(args.heatmap).lower(), "save": str(not args.no_save).lower()}
+    port = args.port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="meddx-bench-") as results:
+        proc = start_server(run, port, args.workers, args.queue, results)
+        try:
+            wait_up(url, proc)
+            load_phase(url, images, 16, args.clients, params, 60)  # warm-up
+            r = load_phase(url, images, args.requests, args.clients, params, args.max_seconds, raw=args.raw)
+            print(f"service: {r['n']} requests, {args.clients} clients, workers {args.workers}, queue {args.queue}, "
+                  f"heatmap {args.heatmap}, save {not args.no_save}, {'raw body' if args.raw else 'multipart'}: "
+                  f"p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
+                  f"{r['throughput']:.1f} req/s ({r['throughput'] / ceil:.2f}x the in-process ceiling), "
+                  f"errors {r['errors']} {r['codes']}")
+            health = httpx.get(url + "/healthz", timeout=10).json()
+            print(f"mean model batch over the last 200 calls: {health.get('mean_batch')}")
+            b = burst(url, images[0], args.burst, params)
+            alive = httpx.get(url + "/healthz", timeout=10).status_code == 200 and proc.poll() is None
+            after = httpx.post(url + "/v1/predict", params=params, headers={"Authorization": f"Bearer {TOKEN}"},
+                               files={"file": ("x.png", images[1])}, timeout=120).status_code
+            print(f"burst of {args.burst} concurrent over queue {args.queue}: {b}; server alive {alive}, "
+                  f"next request {after}")
+            return r["errors"] == 0 and b.get(503, 0) > 0 and alive and after == 200
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", default=str(REPO / "tests" / "fixtures" / "runs" / "demo_cls"))
+    ap.add_argument("--run", help="measure this RUN only (default: the demo CNN, then a ResNet-18 at 128 px)")
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
@@ -163,45 +221,20 @@ def main() -> None:
                     help="no Grad-CAM per request (nor in the ceiling); the service's default makes one")
     ap.add_argument("--no-save", action="store_true", help="do not store each result for the viewer")
     ap.add_argument("--raw", action="store_true", help="send each PNG as the raw body instead of multipart")
-    ap.add_argument("--size", type=int, default=64, help="PNG side in pixels")
+    ap.add_argument("--size", type=int, default=64, help="PNG side in pixels (with --run)")
     ap.add_argument("--max-seconds", type=float, default=600)
     ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args()
-
-    import httpx
-
     sys.path.insert(0, str(REPO))
-    from tests.service.helpers import free_port
 
-    images = pngs(64, args.size)
-    ceil = ceiling(args.run, images, args.heatmap, batch=16)
-    print(f"in-process predict_batch (decode + predict, batch 16): {ceil:.1f} studies/s")
-    params = {"heatmap": str(args.heatmap).lower(), "save": str(not args.no_save).lower()}
-    port = args.port or free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="meddx-bench-") as results:
-        proc = start_server(args.run, port, args.workers, args.queue, results)
-        try:
-            wait_up(url, proc)
-            load_phase(url, images, 16, args.clients, params, 60)  # warm-up
-            r = load_phase(url, images, args.requests, args.clients, params, args.max_seconds, raw=args.raw)
-            print(f"service: {r['n']} requests, {args.clients} clients, workers {args.workers}, queue {args.queue}, "
-                  f"heatmap {args.heatmap}, save {not args.no_save}, {'raw body' if args.raw else 'multipart'}: p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} "
-                  f"ms, p99 {r['p99_ms']:.0f} ms, {r['throughput']:.1f} req/s ({r['throughput'] / ceil:.2f}x the "
-                  f"in-process ceiling), errors {r['errors']} {r['codes']}")
-            health = httpx.get(url + "/healthz", timeout=10).json()
-            print(f"mean model batch over the last 200 calls: {health.get('mean_batch')}")
-            b = burst(url, images[0], args.burst, params)
-            alive = httpx.get(url + "/healthz", timeout=10).status_code == 200 and proc.poll() is None
-            after = httpx.post(url + "/v1/predict", params=params, headers={"Authorization": f"Bearer {TOKEN}"},
-                               files={"file": ("x.png", images[1])}, timeout=60).status_code
-            print(f"burst of {args.burst} concurrent over queue {args.queue}: {b}; server alive {alive}, "
-                  f"next request {after}")
-            ok = r["errors"] == 0 and b.get(503, 0) > 0 and alive and after == 200
-            print("PASS" if ok else "FAIL")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    if args.run:
+        ok = measure(args, args.run, args.size)
+    else:
+        with tempfile.TemporaryDirectory(prefix="meddx-bench-run-") as work:
+            ok = measure(args, str(REPO / "tests" / "fixtures" / "runs" / "demo_cls"), 64)
+            print()
+            ok = measure(args, str(resnet_run(Path(work))), 128) and ok
+    print("PASS" if ok else "FAIL")
 
 
 if __name__ == "__main__":
