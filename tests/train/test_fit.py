@@ -138,10 +138,12 @@ def test_multilabel_and_multiclass_heads(tmp_path):
     assert info["config"]["class_weights"] is False  # default: no class weights, recorded as used
 
 
-def test_class_weights_are_off_unless_asked() -> None:
+def test_class_weights_follow_the_trainers_default_unless_set() -> None:
     from meddx.train.config import class_weights_for
 
-    assert not class_weights_for(TrainConfig()) and class_weights_for(TrainConfig(class_weights=True))
+    assert not class_weights_for(TrainConfig(), default=False) and class_weights_for(TrainConfig(), default=True)
+    assert class_weights_for(TrainConfig(class_weights=True), default=False)
+    assert not class_weights_for(TrainConfig(class_weights=False), default=True)
     assert TrainConfig().updated({"class_weights": True}).class_weights is True
 
 

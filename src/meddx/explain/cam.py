@@ -161,7 +161,7 @@ def _class_scores(logits: Any, classes: Any) -> Any:
     """Per-sample score of the explained class: binary 1-logit -> +/- logit, else the class logit."""
     import tensorflow as tf
 
-    logits = tf.reshape(logits, (tf.shape(logits)[0], -1))
+    logits = tf.reshape(logits, (-1, int(np.prod(logits.shape[1:]))))  # static width, also inside a traced graph
     classes = tf.convert_to_tensor(classes, dtype=tf.int32)
     if logits.shape[-1] == 1:
         sign = tf.where(classes > 0, 1.0, -1.0)
@@ -247,14 +247,9 @@ def _cam_graph(model: Any, layer: Any, plus_plus: bool) -> tuple[Any, str]:
         with tf.GradientTape() as tape:
             feats, logits = grad_fn(xb)
             flat = tf.reshape(tf.cast(logits, tf.float32), (-1, n_logits))
-            if n_logits == 1:
-                predicted = tf.cast(flat[:, 0] > 0, tf.int32)
-                cls = tf.where(classes < 0, predicted, classes)
-                score = flat[:, 0] * tf.where(cls > 0, 1.0, -1.0)
-            else:
-                predicted = tf.argmax(flat, axis=1, output_type=tf.int32)
-                cls = tf.where(classes < 0, predicted, classes)
-                score = tf.gather(flat, cls, axis=1, batch_dims=1)
+            predicted = (tf.cast(flat[:, 0] > 0, tf.int32) if n_logits == 1  # as `_predicted_classes`, in graph
+                         else tf.argmax(flat, axis=1, output_type=tf.int32))
+            score = _class_scores(flat, tf.where(classes < 0, predicted, classes))
         grads = tape.gradient(score, feats)
         if grads is None:
             return tf.zeros([0]), tf.constant(False)

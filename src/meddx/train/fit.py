@@ -256,7 +256,7 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     if model_spec(cfg.model).is_segmentation:
         raise ConfigError(f"model '{cfg.model}' is a segmentation network; use --task segmentation")
-    cfg = replace(cfg, class_weights=class_weights_for(cfg))  # run.json records what was used
+    cfg = replace(cfg, class_weights=class_weights_for(cfg, default=False))  # run.json records what was used
     splits, tr, va = split_cases(ds, cfg, log)
     summary = describe(ds, splits)
     log(format_summary(summary))
@@ -293,8 +293,7 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     best = callbacks[1]
 
     # Operating point and validation metrics from the selected (best) weights.
-    prior = 0.5 if cfg.class_weights else float(np.mean(ds.labels[tr] == 1))
-    threshold, val_metrics = validation_results(model, x_va, ds, va, cfg, prior=prior)
+    threshold, val_metrics = validation_results(model, x_va, ds, va, cfg, prior=threshold_prior(cfg, ds, tr))
     info: dict[str, Any] = {
         "meddx_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -352,13 +351,17 @@ def compile_model(cfg: TrainConfig, shape: tuple[Any, ...], ds: Dataset, epochs:
     return model
 
 
+def threshold_prior(cfg: TrainConfig, ds: Dataset, tr: np.ndarray) -> float:
+    """Where Youden's point lies for calibrated probabilities before any validation data: 0.5 after class-balanced
+    training (`cfg.class_weights` resolved), else the training prevalence of the positive class."""
+    return 0.5 if cfg.class_weights else float(np.mean(ds.labels[tr] == 1))
+
+
 def validation_results(model: Any, x_va: np.ndarray, ds: Dataset, va: np.ndarray, cfg: TrainConfig,
                        batch_size: int = 256, prior: float = 0.5) -> tuple[float | None, dict[str, Any]]:
     """(Operating threshold for binary tasks else None, validation metrics at that threshold). The threshold is
     `robust_threshold`: bootstrap-median Youden shrunk toward `prior` when the validation split is small, so 78
-    validation cases cannot push it to 0.98. `prior` is where Youden's point lies for calibrated probabilities
-    before any validation data: 0.5 after class-balanced training, the training prevalence of the positive class
-    after unweighted training."""
+    validation cases cannot push it to 0.98 (`prior`: `threshold_prior`)."""
     from meddx.evaluate.classification import classification_metrics, robust_threshold
 
     probs = logits_to_probs(model.predict(x_va, batch_size=batch_size, verbose=0), ds.task)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -24,10 +25,10 @@ from meddx.data.datasets import Dataset, describe, format_summary, load_dataset
 from meddx.data.sequences import pad_sequences
 from meddx.errors import ConfigError, DataError, naming
 from meddx.models.runtime import configure_tensorflow
-from meddx.train.config import TrainConfig, auto_epochs
+from meddx.train.config import TrainConfig, auto_epochs, class_weights_for
 from meddx.train.fit import (_make_callbacks, _read_history, check_run_dir, class_sample_weights, encode_labels,
                              make_tf_dataset, model_channels, split_cases, write_run_folder,
-                             compile_model, fit_model, log_done, validation_results)
+                             compile_model, fit_model, log_done, threshold_prior, validation_results)
 from meddx.transforms.frames import check_frames, read_study, sequence_input
 
 LOGGER = logging.getLogger("meddx")
@@ -185,6 +186,7 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
     configure_tensorflow(cfg.threads, cfg.seed)
     if ds.task == "multilabel":
         raise ConfigError("sequence models support binary and multi-class labels, not multi-label", ds.source)
+    cfg = replace(cfg, class_weights=class_weights_for(cfg, default=True))  # run.json records what was used
     splits, tr, va = split_cases(ds, cfg, log)
     summary = describe(ds, splits)
     log(format_summary(summary))
@@ -206,7 +208,7 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
 
     # the one preset table (transforms/augment.py): every frame of a study gets the same draw
     augmenter = None if cfg.augment == "none" else Augmenter.from_preset(cfg.augment, 2, seed=cfg.seed)
-    weights = class_sample_weights(y_tr, ds.task) if cfg.class_weights is not False else None  # default: on
+    weights = class_sample_weights(y_tr, ds.task) if cfg.class_weights else None
     from meddx.train.checkpoints import EpochOrder
 
     order = EpochOrder(len(x_tr), cfg.seed)  # epoch-keyed order and augmentation: a resumed run replays exactly
@@ -217,7 +219,8 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
     callbacks = _make_callbacks(run_dir, x_va, y_va, ds.task, cfg.patience, cfg.max_minutes, batch, order=order)
     seconds = fit_model(model, train_ds, epochs, callbacks, verbose, run_dir)
 
-    threshold, val_metrics = validation_results(model, x_va, ds, va, cfg, batch_size=16)
+    threshold, val_metrics = validation_results(model, x_va, ds, va, cfg, batch_size=16,
+                                                prior=threshold_prior(cfg, ds, tr))
     info = run_description(cfg, ds, prep, shape, epochs, batch, run_dir)
     info.update(threshold=threshold, best_epoch=int(callbacks[1].best_epoch) + 1, training_seconds=round(seconds, 1),
                 data={"source": str(ds.source), "kind": ds.kind, "summary": summary}, val_metrics=val_metrics)
