@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import EpochTimer, machine_info, median, parser, print_header, table, write_results  # noqa: E402
 
-BATCH = 64  # TrainConfig().batch_size
+BATCH = 64  # CLASSIFIER_DEFAULTS["batch_size"]
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
@@ -78,9 +78,9 @@ def compile_like_train(model: Any, steps_per_epoch: int, epochs: int) -> None:
     """Exactly the optimizer/loss/compile of meddx.train.fit.train() with the default TrainConfig (binary task)."""
     import keras
 
-    from meddx.train.config import TrainConfig
+    from meddx.train.config import CLASSIFIER_DEFAULTS, TrainConfig, with_defaults
 
-    cfg = TrainConfig()
+    cfg = with_defaults(TrainConfig(), CLASSIFIER_DEFAULTS)
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=epochs * steps_per_epoch,
                                                       alpha=0.01)
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)

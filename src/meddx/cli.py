@@ -50,9 +50,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="slice labelling: smooth the per-slice probabilities along the stack with a 2-state HMM "
                         "(default) or a linear-chain CRF")
     t.add_argument("--epochs", type=int, help="default: chosen from the data size")
-    t.add_argument("--image-size", type=int, help="default: the data's size, capped by the model's default")
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float, dest="learning_rate")
+    t.add_argument("--image-size", type=int, help="default: the data's size, capped by the model's default (2D "
+                                                  "segmentation of slice stacks: 256)")
+    t.add_argument("--batch-size", type=int, help="default 64 (2D segmentation of slice stacks: 8)")
+    t.add_argument("--lr", type=float, dest="learning_rate", help="default 0.002 (2D segmentation of slice "
+                                                                   "stacks: 0.003)")
     t.add_argument("--augment", choices=["none", "flip", "light", "strong"])
     t.add_argument("--intensity", help="minmax | zscore | zscore:nonzero[,channel] | zscore:foreground[,channel] "
                                        "(MR with noisy backgrounds) | scale255 | window:<preset>")
@@ -69,15 +71,18 @@ def _parser() -> argparse.ArgumentParser:
                         "multi-sequence model does not lean on one sequence")
     t.add_argument("--lesion-fade", type=float, metavar="P",
                    help="2D segmentation: with probability P cut a training lesion's contrast to the tissue around "
-                        "it by 0-90 %%, so the network also learns faint lesions")
+                        "it by 0-90 %%, so the network also learns faint lesions (default 0.5 for slice stacks, "
+                        "else 0)")
     t.add_argument("--patch-size", type=int, dest="patch_size", metavar="N",
                    help="2D segmentation: train on random NxN crops of the --image-size images (half of the "
                         "lesion slices' crops centred on lesion) and predict whole images: full resolution for "
-                        "small lesions at the training cost of N px")
+                        "small lesions at the training cost of N px; 0 = whole images (default: 128 for slice "
+                        "stacks of >= 256 px, else whole images)")
     t.add_argument("--stack-min-fraction", type=float, dest="stack_min_fraction", metavar="F",
                    help="2D segmentation: stack each patient's slices (evaluate: grouped by patient ID, natural "
                         "name order; predict/report: a volume) and drop 3D lesion components smaller than F x that "
-                        "patient's largest (e.g. 0.25): removes one-slice false alarms; stored in the RUN")
+                        "patient's largest (e.g. 0.25): removes one-slice false alarms; stored in the RUN "
+                        "(default 0.25 for slice stacks, else 0)")
     t.add_argument("--frames", type=int, metavar="N", help="sequence models: frames sampled per study (default 16)")
     t.add_argument("--frame-sampling", choices=["uniform", "all"], dest="frame_sampling",
                    help="sequence models: N evenly spaced frames (uniform, default) or every frame (all)")

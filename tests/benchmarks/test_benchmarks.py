@@ -51,6 +51,30 @@ def test_segmentation_kfold_pooling() -> None:
     assert p["fp_per_image"] == pytest.approx(0.25)
 
 
+def test_patient_dice_summary_means_over_patients() -> None:
+    """The k-fold patient Dice: the mean of held-out patients' volume Dice, a bootstrap CI over patients."""
+    from segmentation_lgg import patient_dice_summary
+
+    s = patient_dice_summary({"b": 0.6, "a": 0.9, "c": 0.3})
+    assert s["mean"] == pytest.approx(0.6) and s["median"] == pytest.approx(0.6) and s["n_patients"] == 3
+    assert 0.3 <= s["ci95"][0] < 0.6 < s["ci95"][1] <= 0.9
+    assert list(s["per_patient"]) == ["a", "b", "c"]
+    assert patient_dice_summary({})["mean"] is None
+
+
+def test_lgg_dataset_joins_the_folders(shared_data: Path) -> None:
+    """--data lgg,lgg_more: the 10 + 25 LGG patients as one dataset, each slice with its mask and patient."""
+    import segmentation_lgg
+
+    if not (segmentation_lgg.DATA / "lgg_more").is_dir() or not segmentation_lgg.LGG.is_dir():
+        pytest.skip("lgg/ or lgg_more/ is absent from ../shared/data")
+    ds = segmentation_lgg.lgg_dataset("lgg,lgg_more")
+    one = segmentation_lgg.lgg_dataset("lgg")
+    assert len(set(ds.patient_ids)) == len(set(one.patient_ids)) + 25
+    assert len(ds) == len(ds.masks) == len(ds.labels) > len(one)
+    assert all(Path(m).name.startswith(Path(i).stem) for i, m in zip(ds.items, ds.masks))
+
+
 def test_context_stack_folder_stacks_neighbouring_flair(shared_data: Path, tmp_path: Path) -> None:
     """2.5D LGG: channel 0/1/2 of slice k = FLAIR of slices k-1/k/k+1 of the same patient; masks unchanged."""
     import numpy as np

@@ -61,6 +61,21 @@ def test_paired_folder_discovery(tmp_path: Path) -> None:
     assert list(again.labels) == list(ds.labels) and list(again.patient_ids) == list(ds.patient_ids)
 
 
+def test_manifest_of_several_paired_folders(tmp_path: Path) -> None:
+    """lgg/ + lgg_more/ as one manifest: every patient's slices, and a patient in two folders refused."""
+    for root, patient in (("one", "pa"), ("two", "pb"), ("three", "pa")):
+        for k in (1, 2):
+            _png(tmp_path / root / patient / f"{patient}_{k}.png", np.zeros((16, 16)))
+            _png(tmp_path / root / patient / f"{patient}_{k}_mask.png", np.full((16, 16), 255 * (k == 2)))
+    csv_path = lgg_manifest([tmp_path / "one", tmp_path / "two"], tmp_path / "both.csv")
+    ds = load_manifest(csv_path)
+    assert list(ds.patient_ids) == ["pa", "pa", "pb", "pb"] and ds.masks is not None
+    assert [ds.class_names[i] for i in ds.labels] == ["normal", "lesion"] * 2
+    with pytest.raises(DataError, match="patient pa is in both"):
+        lgg_manifest([tmp_path / "one", tmp_path / "three"], tmp_path / "mixed.csv")
+    assert not (tmp_path / "mixed.csv").exists()
+
+
 def test_flat_folder_and_broken_pairs(tmp_path: Path) -> None:
     _png(tmp_path / "a.png", np.zeros((8, 8)))
     _png(tmp_path / "a_mask.png", np.zeros((8, 8)))

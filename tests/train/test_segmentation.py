@@ -597,3 +597,48 @@ def test_segmentation_study_of_a_volume_through_a_2d_model(trained: tuple[Path, 
     assert [int(les["n_px"]) for les in kept["lesions"]] == sizes[-1:]
     html = Path(render_study_report(kept, _report_info(run), tmp_path / "rep2")["html"]).read_text()
     assert "fewer than 0.99 × the largest" in html, re.findall(r"Lesion pixels[^<]*", html)
+
+
+def test_slice_stacks_are_told_from_single_images() -> None:
+    from types import SimpleNamespace
+
+    from meddx.train.seg_data import is_slice_stacks
+
+    def ds(ids):
+        return SimpleNamespace(patient_ids=None if ids is None else np.asarray(ids, dtype=str))
+
+    assert is_slice_stacks(ds(["a"] * 6 + ["b"] * 5))  # MR slices: several per patient
+    assert not is_slice_stacks(ds([f"p{i}" for i in range(20)]))  # dermoscopy: one image per patient
+    assert not is_slice_stacks(ds(["a"] * 6 + [f"p{i}" for i in range(20)]))  # median, not the largest
+    assert not is_slice_stacks(ds(None)) and not is_slice_stacks(ds([]))
+
+
+def test_slice_stack_recipe_fills_only_the_settings_not_given(tmp_path: Path) -> None:
+    from meddx.train.segmentation import train_segmenter
+
+    stacks = make_discs(tmp_path / "stacks", n_patients=5, per_patient=5, seed=4)
+    logs: list[str] = []
+    run = dict(base_filters=4, depth=2, verbose=0)
+    info = train_segmenter(stacks, tmp_path / "a", TrainConfig(task="segmentation", epochs=1, image_size=256),
+                           log=logs.append, **run)
+    c = info["config"]
+    assert (c["batch_size"], c["learning_rate"], c["lesion_fade"], c["stack_min_fraction"], c["patch_size"]) == (
+        8, 3e-3, 0.5, 0.25, 128)  # 128 px crops of 256 px slices
+    assert c["intensity"] == info["preprocessing"]["intensity"] == "zscore:foreground,channel"
+    assert info["input_shape"] == [256, 256, 1] and info["segmentation"]["stack_min_fraction"] == 0.25
+    assert any("slice-stack recipe" in line for line in logs)
+
+    given = TrainConfig(task="segmentation", epochs=1, image_size=32, lesion_fade=0.0, batch_size=4,
+                        intensity="minmax", stack_min_fraction=0.0)
+    c = train_segmenter(stacks, tmp_path / "b", given, log=lambda s: None, **run)["config"]
+    assert (c["batch_size"], c["learning_rate"], c["lesion_fade"], c["stack_min_fraction"], c["patch_size"],
+            c["intensity"]) == (4, 3e-3, 0.0, 0.0, 0, "minmax")  # what was given wins; 32 px: no crops
+
+    singles = make_discs(tmp_path / "singles", n_patients=14, per_patient=1, seed=5)
+    logs.clear()
+    info = train_segmenter(singles, tmp_path / "c", TrainConfig(task="segmentation", epochs=1), log=logs.append, **run)
+    c = info["config"]
+    assert (c["batch_size"], c["learning_rate"], c["lesion_fade"], c["stack_min_fraction"], c["patch_size"]) == (
+        64, 2e-3, 0.0, 0.0, 0)  # one image per patient (e.g. dermoscopy): the image recipe, as before
+    assert info["preprocessing"]["intensity"] == "minmax" and info["input_shape"] == [40, 40, 1]
+    assert not any("slice-stack recipe" in line for line in logs)

@@ -14,6 +14,7 @@ import io
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -101,14 +102,22 @@ def paired_folder_dataset(root: str | Path) -> Dataset:
                    masks=[str(m) for _, m, _ in pairs])
 
 
-def lgg_manifest(root: str | Path, out_csv: str | Path) -> Path:
-    """Write a manifest CSV (path,label,patient_id,mask) for the LGG folder (or any paired folder).
+def lgg_manifest(root: str | Path | Sequence[str | Path], out_csv: str | Path) -> Path:
+    """Write a manifest CSV (path,label,patient_id,mask) for the LGG folder (or any paired folder, or several:
+    e.g. `lgg/` and `lgg_more/` as one training set of 35 patients).
 
     Paths are written relative to the CSV's folder when possible (so the pair can move together),
-    otherwise absolute. Returns the CSV path.
+    otherwise absolute. A patient found in two folders is an error (its slices would mix). Returns the CSV path.
     """
     out_csv = Path(out_csv)
-    ds = paired_folder_dataset(root)
+    roots = [root] if isinstance(root, (str, Path)) else list(root)
+    parts = [paired_folder_dataset(r) for r in roots]
+    seen: dict[str, str] = {}
+    for d in parts:
+        for pid in sorted(set(d.patient_ids.tolist())):  # type: ignore[union-attr]
+            if pid in seen:
+                raise DataError(f"patient {pid} is in both {seen[pid]} and {d.source}", d.source)
+            seen[pid] = str(d.source)
     base = out_csv.resolve().parent
 
     def rel(p: str) -> str:
@@ -121,7 +130,8 @@ def lgg_manifest(root: str | Path, out_csv: str | Path) -> Path:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "label", "patient_id", "mask"])
-    for item, lab, pid, m in zip(ds.items, ds.labels, ds.patient_ids, ds.masks):  # type: ignore[arg-type]
-        w.writerow([rel(item), CLASS_NAMES[int(lab)], pid, rel(m)])
+    for ds in parts:
+        for item, lab, pid, m in zip(ds.items, ds.labels, ds.patient_ids, ds.masks):  # type: ignore[arg-type]
+            w.writerow([rel(item), CLASS_NAMES[int(lab)], pid, rel(m)])
     atomic_write_text(out_csv, buf.getvalue())
     return out_csv

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,8 @@ class TrainConfig:
     model: str = "cnn"
     task: str = "classification"  # or "segmentation", "slice-labelling" (per-slice lesion labels along a stack)
     epochs: int | None = None  # None: chosen from the dataset size (see `auto_epochs`)
-    batch_size: int = 64
-    learning_rate: float = 2e-3
+    batch_size: int | None = None  # None: the recipe's (CLASSIFIER_DEFAULTS, SLICE_STACK_SEGMENTATION_DEFAULTS)
+    learning_rate: float | None = None  # None: the recipe's, as batch_size
     weight_decay: float = 1e-4
     image_size: int | None = None  # None: the data's native size, capped by the model's default
     channels: int | None = None  # None: from the data
@@ -43,9 +43,12 @@ class TrainConfig:
     jit_compile: bool = False
     dropout: float = 0.3
     channel_dropout: float = 0.0  # segmentation 2D: zero one random input channel with this probability
-    lesion_fade: float = 0.0  # segmentation 2D: with this probability cut a training lesion's contrast by 0-90 %
-    patch_size: int | None = None  # segmentation 2D: train on random crops of this side, predict whole images
-    stack_min_fraction: float = 0.0  # segmentation 2D: per patient, drop 3D components < this x the largest
+    lesion_fade: float | None = None  # segmentation 2D: with this probability cut a training lesion's contrast by
+    # 0-90 %; None: the recipe's (0.5 for slice stacks, else 0)
+    patch_size: int | None = None  # segmentation 2D: train on random crops of this side, predict whole images;
+    # 0: whole images; None: the recipe's (128 px crops of >= 256 px slice stacks, else whole images)
+    stack_min_fraction: float | None = None  # segmentation 2D: per patient, drop 3D components < this x the largest;
+    # None: the recipe's (0.25 for slice stacks, else 0)
     seg_loss: str = "dice_bce"  # segmentation: one of SEG_LOSSES (the losses are described in `meddx train --help`)
     frames: int = 16  # sequence models: frames sampled per study (video, cine, slice stack)
     frame_sampling: str = "uniform"  # sequence models: "uniform" (`frames` evenly spaced) or "all" (every frame)
@@ -88,9 +91,9 @@ class TrainConfig:
     def validate(self) -> None:
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 0 < self.learning_rate < 1:
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         if self.augment not in ("none", "flip", "light", "strong"):
             raise ConfigError(f"augment must be none, flip, light or strong, got {self.augment!r}")
@@ -98,11 +101,12 @@ class TrainConfig:
             raise ConfigError(f"seg_loss must be {' or '.join(SEG_LOSSES)}, got {self.seg_loss!r}")
         if not 0 <= self.channel_dropout < 1:
             raise ConfigError(f"channel_dropout must be in [0, 1), got {self.channel_dropout}")
-        if not 0 <= self.lesion_fade <= 1:
+        if self.lesion_fade is not None and not 0 <= self.lesion_fade <= 1:
             raise ConfigError(f"lesion_fade must be in [0, 1], got {self.lesion_fade}")
-        check_stack_min_fraction(self.stack_min_fraction)
-        if self.patch_size is not None and not 16 <= self.patch_size <= 1024:
-            raise ConfigError(f"patch_size must be between 16 and 1024, got {self.patch_size}")
+        if self.stack_min_fraction is not None:
+            check_stack_min_fraction(self.stack_min_fraction)
+        if self.patch_size and not 16 <= self.patch_size <= 1024:
+            raise ConfigError(f"patch_size must be 0 (whole images) or between 16 and 1024, got {self.patch_size}")
         if self.task not in TASKS:
             raise ConfigError(f"task must be {', '.join(TASKS[:-1])} or {TASKS[-1]}, got {self.task!r}")
         if self.smoother not in SMOOTHERS:
@@ -133,6 +137,27 @@ def _type_ok(value: Any, annotation: str) -> bool:
     if isinstance(value, bool) and "bool" not in parts:
         return False
     return any(isinstance(value, kinds.get(t, (object,))) for t in parts)
+
+
+# What an unset (None) setting becomes, per recipe. Classifiers (images and sequences) and 2D segmentation of
+# single images (e.g. dermoscopy) keep the settings they were measured with; 2D segmentation of slice stacks (several
+# slices per patient, e.g. LGG MR) takes the recipe of benchmarks/segmentation_lgg.py, chosen by patient-grouped
+# cross-validation: all channels z-scored over the head, 128 px crops of 256 px slices, lesion fade, and each
+# patient's slices post-processed as one stack (README, "LGG segmentation").
+CLASSIFIER_DEFAULTS: dict[str, Any] = {"batch_size": 64, "learning_rate": 2e-3}
+IMAGE_SEGMENTATION_DEFAULTS: dict[str, Any] = {**CLASSIFIER_DEFAULTS, "lesion_fade": 0.0, "patch_size": 0,
+                                               "stack_min_fraction": 0.0}
+SLICE_STACK_SEGMENTATION_DEFAULTS: dict[str, Any] = {
+    "batch_size": 8, "learning_rate": 3e-3, "lesion_fade": 0.5, "stack_min_fraction": 0.25,
+    "intensity": "zscore:foreground,channel"}
+SLICE_STACK_MAX_SIZE = 256  # slice stacks train at their native size up to this (other 2D data: the model's default)
+SLICE_STACK_PATCH = 128  # ... on crops of this side when the slices are at least twice as large
+SLICE_STACK_MIN_SLICES = 4  # "slice stacks": patients hold at least this many slices (median)
+
+
+def with_defaults(cfg: TrainConfig, defaults: dict[str, Any]) -> TrainConfig:
+    """`cfg` with each unset (None) setting named in `defaults` filled in, so a RUN records what it used."""
+    return replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
 
 
 def check_stack_min_fraction(value: float, name: str = "stack_min_fraction") -> None:

@@ -27,7 +27,7 @@ from meddx.data.splits import assign_splits
 from meddx.errors import ConfigError, DataError
 from meddx.models.outputs import logits_to_probs
 from meddx.models.runtime import configure_tensorflow
-from meddx.train.config import TrainConfig, auto_epochs, class_weights_for
+from meddx.train.config import CLASSIFIER_DEFAULTS, TrainConfig, auto_epochs, class_weights_for, with_defaults
 from meddx.utils import atomic_path, atomic_write_json, atomic_write_text
 
 LOGGER = logging.getLogger("meddx")
@@ -240,7 +240,7 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
           extra_callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Train `cfg.model` on DATA into the RUN folder `out`; returns the run info (run.json)."""
     log = log or LOGGER.info
-    cfg = cfg or TrainConfig()
+    cfg = with_defaults(cfg or TrainConfig(), CLASSIFIER_DEFAULTS)  # run.json records what was used
     run_dir = Path(out)
     resuming = check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "data": str(getattr(data, "source", data))})
     run_dir.mkdir(parents=True, exist_ok=True)

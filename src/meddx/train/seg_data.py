@@ -10,6 +10,7 @@ import numpy as np
 
 from meddx.data.datasets import Dataset
 from meddx.errors import DataError, InputError
+from meddx.train.config import SLICE_STACK_MIN_SLICES
 
 
 def load_segmentation_dataset(data: str | Path | Dataset) -> Dataset:
@@ -29,6 +30,15 @@ def load_segmentation_dataset(data: str | Path | Dataset) -> Dataset:
     if ds.kind == "npz":
         raise DataError("segmentation from .npz is not supported; use a manifest with a mask column", ds.source)
     return ds
+
+
+def is_slice_stacks(ds: Dataset) -> bool:
+    """Whether DATA's 2D cases are slices of stacks: patient IDs given and patients holding a median of at least
+    SLICE_STACK_MIN_SLICES cases (LGG MR slices), as opposed to one image per patient (e.g. dermoscopy)."""
+    if ds.patient_ids is None or not len(ds.patient_ids):
+        return False
+    _, counts = np.unique(np.asarray(ds.patient_ids, dtype=str), return_counts=True)
+    return bool(np.median(counts) >= SLICE_STACK_MIN_SLICES)
 
 
 def read_pair(image_path: str, mask_path: str | None, prep: Any, native: bool) -> tuple[np.ndarray, np.ndarray, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,9 +25,10 @@ from meddx.data.datasets import Dataset, describe, format_summary
 from meddx.errors import ConfigError, DataError
 from meddx.models.losses import SEGMENTATION_LOSSES
 from meddx.models.sliding_window import sliding_window_predict
-from meddx.train.seg_data import load_segmentation_dataset, masks_at, read_pair
+from meddx.train.config import (IMAGE_SEGMENTATION_DEFAULTS, SLICE_STACK_MAX_SIZE, SLICE_STACK_PATCH,
+                                SLICE_STACK_SEGMENTATION_DEFAULTS, TrainConfig, auto_epochs, with_defaults)
+from meddx.train.seg_data import is_slice_stacks, load_segmentation_dataset, masks_at, read_pair
 from meddx.train.seg_pipeline import patch_sequence, tf_dataset_2d
-from meddx.train.config import TrainConfig, auto_epochs
 from meddx.transforms.post import dice_np
 
 Log = Callable[[str], None]
@@ -88,9 +90,18 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
 
     ndim, channels, native = probe_item(ds)
     spec = model_spec(model_name)
-    size = int(cfg.image_size or min(max(native), spec.default_size[ndim]))
+    stacks = ndim == 2 and is_slice_stacks(ds)
+    cfg = with_defaults(cfg, SLICE_STACK_SEGMENTATION_DEFAULTS if stacks else IMAGE_SEGMENTATION_DEFAULTS)
+    size = int(cfg.image_size or min(max(native), SLICE_STACK_MAX_SIZE if stacks else spec.default_size[ndim]))
     size -= size % 2 ** depth if size >= 2 ** depth else 0
     size = max(size, 2 ** depth)
+    if cfg.patch_size is None:  # slice stacks: crops of large slices (other data is filled with 0 above)
+        cfg = replace(cfg, patch_size=SLICE_STACK_PATCH if size >= 2 * SLICE_STACK_PATCH else 0)
+    if stacks:
+        log(f"slice stacks ({len(set(ds.patient_ids.tolist()))} patients): the slice-stack recipe for settings "
+            f"not given (batch {cfg.batch_size}, learning rate {cfg.learning_rate:g}, size {size}, crops "
+            f"{cfg.patch_size or 'none'}, lesion fade {cfg.lesion_fade:g}, stack post-processing "
+            f"{cfg.stack_min_fraction:g}, intensity {cfg.intensity})")
     intensity = cfg.intensity or "minmax"
     prep = Preprocessing(spatial_ndim=ndim, image_size=size, channels=model_channels(cfg, channels),
                          intensity=intensity, select_channels=cfg.select_channels)
@@ -121,7 +132,9 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
         train_data = patch_sequence([v for v, _ in tr_pairs], [m for _, m in tr_pairs], patch, batch, steps,
                                      cfg.seed, cfg.augment)
         x_va = y_va = None
-    epochs = cfg.epochs or auto_epochs(len(tr), batch, target_steps=600, lo=10, hi=80)
+    # slice stacks: ~1300 steps, 12-25 epochs (LGG: 25 epochs on 8 patients, 12 on 28, by patient-grouped CV)
+    epochs = cfg.epochs or (auto_epochs(len(tr), batch, target_steps=1300, lo=12, hi=25) if stacks
+                            else auto_epochs(len(tr), batch, target_steps=600, lo=10, hi=80))
 
     def unet(shape: tuple[int, ...]) -> Any:
         return build_model(model_name, (*shape, prep.channels), 2, task="binary", base_filters=base_filters,

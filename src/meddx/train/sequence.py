@@ -25,7 +25,7 @@ from meddx.data.datasets import Dataset, describe, format_summary, load_dataset
 from meddx.data.sequences import pad_sequences
 from meddx.errors import ConfigError, DataError, naming
 from meddx.models.runtime import configure_tensorflow
-from meddx.train.config import TrainConfig, auto_epochs, class_weights_for
+from meddx.train.config import CLASSIFIER_DEFAULTS, TrainConfig, auto_epochs, class_weights_for, with_defaults
 from meddx.train.fit import (_make_callbacks, _read_history, check_run_dir, class_sample_weights, encode_labels,
                              make_tf_dataset, model_channels, split_cases, write_run_folder,
                              compile_model, fit_model, log_done, threshold_prior, validation_results)
@@ -177,7 +177,7 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
                               verbose: int | str = "auto") -> dict[str, Any]:
     """Train `cfg.model` (a sequence model) on DATA's studies into the RUN folder `out`; returns run.json's dict."""
     log = log or LOGGER.info
-    cfg = cfg or TrainConfig(model=DEFAULT_SEQUENCE_MODEL)
+    cfg = with_defaults(cfg or TrainConfig(model=DEFAULT_SEQUENCE_MODEL), CLASSIFIER_DEFAULTS)
     check_sequence_config(cfg)
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     check_one_kind(ds)
