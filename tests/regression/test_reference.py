@@ -30,9 +30,20 @@ def _close(a, b, path: str) -> None:
             _close(x, y, f"{path}[{i}]")
     elif isinstance(a, (int, float)) and not isinstance(a, bool) or _is_number(a):
         fa, fb = float(a), float(b)
-        assert abs(fa - fb) <= 1e-4 + 1e-4 * abs(fb), f"{path}: {a} != recorded {b}"
+        assert abs(fa - fb) <= 1e-4 + 1e-4 * abs(fb) + _one_case(path), f"{path}: {a} != recorded {b}"
     else:
         assert a == b, f"{path}: {a!r} != recorded {b!r}"
+
+
+# Accuracy at a RUN's operating threshold on the split that chose it: the threshold (Youden's cut) is one validation
+# case's probability, so a ~1e-7 difference between CPU kernels (AVX-512 on the box that recorded, AVX2 elsewhere)
+# moves that one case across it (measured: breast_cls, 78 cases, the case 4.5e-7 under the threshold). One case,
+# no more, is allowed there; every other figure keeps the 1e-4 tolerance.
+ONE_CASE_AT_THRESHOLD = {"breast_cls/evaluate.accuracy": 78}
+
+
+def _one_case(path: str) -> float:
+    return 1.0 / ONE_CASE_AT_THRESHOLD[path] + 1e-9 if path in ONE_CASE_AT_THRESHOLD else 0.0
 
 
 def _is_number(v) -> bool:
