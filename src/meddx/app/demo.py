@@ -21,6 +21,8 @@ DEMO_MODEL: dict[str, Any] = {"filters": [16, 32, 64], "pools": 1, "pooling": "m
 # The same without the strided stem: a 32x32 Grad-CAM grid, about 4x the compute. The demo's default: measured on
 # the demo data, 40 epochs (AMD EPYC): test AUC 0.989, exact pointing game 0.943; 30 epochs (Intel Xeon, 2026-11-30):
 # 0.986 / 0.932, whole demo 2.6 min. DEMO_MODEL, 30 epochs: 0.985 / 0.739 on the AMD box but 0.477 on the Intel one.
+# Not robust: 0.08-0.27 on other AMD EPYC boxes (2026-12-02), where training learns a detector offset from the
+# lesion (README, Localisation).
 FINE_CAM_MODEL: dict[str, Any] = {**DEMO_MODEL, "strided_stem": False}
 
 
