@@ -134,5 +134,9 @@ def test_summary_reports_imbalance(tmp_path):
     for i in range(2):
         _png(tmp_path / "d" / "rare" / f"{i}.png", i)
     ds = load_dataset(tmp_path / "d")
-    text = format_summary(describe(ds, assign_splits(ds, val_fraction=0.0, test_fraction=0.0)))
-    assert "imbalance 4.5:1" in text and "rare" in text
+    summary = describe(ds, assign_splits(ds, val_fraction=0.0, test_fraction=0.0))
+    text = format_summary(summary)
+    assert "imbalance 4.5:1" in text and "rare" in text and "weight" not in text
+    # the line says what training will do with the imbalance, not what an earlier default did
+    assert "training is unweighted" in format_summary(summary, class_weights=False)
+    assert "balanced class weights" in format_summary(summary, class_weights=True)

@@ -366,8 +366,9 @@ def describe(ds: Dataset, split_of: np.ndarray | None = None) -> dict[str, Any]:
     return out
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """Readable class-count table printed before training."""
+def format_summary(summary: dict[str, Any], class_weights: bool | None = None) -> str:
+    """Readable class-count table printed before training; `class_weights` (whether training balances the classes,
+    None: not applicable) is said beside a notable imbalance."""
     names = summary["classes"]
     lines = [f"data: {summary['source']} ({summary['kind']}, {summary['task']}, {summary['n']} cases"
              + (f", {summary['patients']} patients" if "patients" in summary else "") + ")"]
@@ -379,7 +380,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  {s:<6}" + "".join(f"{counts[n]:>{width + 2}}" for n in names) + f"{entry['n']:>9}")
     ratio = summary.get("imbalance_ratio")
     if ratio and ratio > 1.5:
-        lines.append(f"  class imbalance {ratio}:1 -- training uses balanced class weights")
+        how = {None: "", True: " -- training uses balanced class weights",
+               False: " -- training is unweighted (--class-weights balances the classes)"}[class_weights]
+        lines.append(f"  class imbalance {ratio}:1{how}")
     return "\n".join(lines)
 
 

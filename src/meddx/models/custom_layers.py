@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -78,4 +79,61 @@ class LayerScale(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({"init_values": self.init_values, "projection_dim": self.projection_dim})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="meddx")
+class MemberMean(keras.layers.Layer):
+    """Logits of an ensemble's mean probability from its members' logits side by side, (N, K*U) -> (N, U).
+
+    The output, through the usual sigmoid (binary, multilabel) or softmax (multiclass), is the mean of the members'
+    probabilities, so everything that reads a classifier's logits reads an ensemble's unchanged."""
+
+    def __init__(self, members: int = 1, task: str = "binary", **kwargs: Any):
+        super().__init__(**kwargs)
+        if members < 1 or task not in ("binary", "multiclass", "multilabel"):
+            raise ValueError(f"MemberMean needs members >= 1 and a classification task, got {members}, {task!r}")
+        self.members = int(members)
+        self.task = task
+
+    def call(self, z: Any) -> Any:
+        z = ops.cast(z, "float32")
+        units = z.shape[-1] // self.members
+        z = ops.reshape(z, (-1, self.members, units))
+        log_k = float(np.log(self.members))
+        if self.task == "multiclass":  # log of the mean softmax: softmax of it is that mean
+            return ops.logsumexp(ops.log_softmax(z, axis=-1), axis=1) - log_k
+        # logit of the mean sigmoid, log(mean p) - log(mean (1 - p)), in log space for stability
+        return ops.logsumexp(ops.log_sigmoid(z), axis=1) - ops.logsumexp(ops.log_sigmoid(-z), axis=1)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (*input_shape[:-1], input_shape[-1] // self.members)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"members": self.members, "task": self.task})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="meddx")
+class ChannelSlice(keras.layers.Layer):
+    """Member `index` of `members` equal channel blocks (last axis): an ensemble member's part of 'features'."""
+
+    def __init__(self, index: int = 0, members: int = 1, **kwargs: Any):
+        super().__init__(**kwargs)
+        if not 0 <= index < members:
+            raise ValueError(f"ChannelSlice index must be in [0, {members}), got {index}")
+        self.index = int(index)
+        self.members = int(members)
+
+    def call(self, x: Any) -> Any:
+        width = x.shape[-1] // self.members
+        return x[..., self.index * width:(self.index + 1) * width]
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (*input_shape[:-1], input_shape[-1] // self.members)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"index": self.index, "members": self.members})
         return config

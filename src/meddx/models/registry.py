@@ -229,12 +229,14 @@ def build_model(
     input_shape: Sequence[int | None],
     n_classes: int,
     task: str = "binary",
+    members: int = 1,
     **kw: Any,
 ) -> Any:
     """Build registered model `name` as a flat functional keras.Model whose output layer 'logits' has no activation.
 
     Spatial dims come from `input_shape` ((H, W, C) -> 2D, (D, H, W, C) -> 3D). Extra keyword
-    arguments go to the architecture builder (e.g. `dropout`, `width`, `weights`).
+    arguments go to the architecture builder (e.g. `dropout`, `width`, `weights`). `members` > 1: an ensemble of
+    that many copies side by side (`meddx.models.ensemble`), a classifier's logits as one model's.
     """
     spec = model_spec(name)
     shape = tuple(None if s is None else int(s) for s in input_shape)
@@ -247,13 +249,22 @@ def build_model(
     if spec.channels == 3 and shape[-1] not in (1, 3):
         raise ConfigError(f"model '{name}' takes 1 (grey) or 3 (RGB) channels; the data have {shape[-1]}")
     units = output_units(task, n_classes)
-    try:
-        model = spec.get_builder()(shape, units, dims=dims, **kw)
-    except TypeError as exc:
-        if "unexpected keyword argument" in str(exc):
-            raise ConfigError(f"model '{name}': {exc}") from None
-        raise
-    return model
+    if members > 1 and spec.is_segmentation:
+        raise ConfigError(f"model '{name}' is a segmentation network; ensembles are built for classifiers")
+
+    def build() -> Any:
+        try:
+            return spec.get_builder()(shape, units, dims=dims, **kw)
+        except TypeError as exc:
+            if "unexpected keyword argument" in str(exc):
+                raise ConfigError(f"model '{name}': {exc}") from None
+            raise
+
+    if members <= 1:
+        return build()
+    from meddx.models.ensemble import build_ensemble
+
+    return build_ensemble(build, members, task)
 
 
 def load_model(path: Any) -> Any:

@@ -27,7 +27,8 @@ from meddx.data.splits import assign_splits
 from meddx.errors import ConfigError, DataError
 from meddx.models.outputs import logits_to_probs
 from meddx.models.runtime import configure_tensorflow
-from meddx.train.config import CLASSIFIER_DEFAULTS, TrainConfig, auto_epochs, class_weights_for, with_defaults
+from meddx.train.config import (CLASSIFIER_DEFAULTS, TrainConfig, auto_epochs, class_weights_for, ensemble_members,
+                                 with_defaults)
 from meddx.utils import atomic_path, atomic_write_json, atomic_write_text
 
 LOGGER = logging.getLogger("meddx")
@@ -91,7 +92,10 @@ def class_weight_dict(y: np.ndarray, task: str) -> dict[int, float] | None:
 
 
 def _make_callbacks(run_dir: Path, x_val: np.ndarray, y_val: np.ndarray, task: str, patience: int,
-                    max_minutes: float | None, batch_size: int, order: Any | None = None) -> list[Any]:
+                    max_minutes: float | None, batch_size: int, order: Any | None = None,
+                    predict_model: Any | None = None) -> list[Any]:
+    """[validation scores, checkpointer]; `predict_model` (an ensemble's inference graph) scores validation when the
+    model being fitted outputs something else (the members' logits)."""
     import keras
 
     class ValidationScore(keras.callbacks.Callback):
@@ -99,7 +103,7 @@ def _make_callbacks(run_dir: Path, x_val: np.ndarray, y_val: np.ndarray, task: s
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs if logs is not None else {}
-            logits = self.model.predict(x_val, batch_size=256, verbose=0)
+            logits = (predict_model or self.model).predict(x_val, batch_size=256, verbose=0)
             probs = logits_to_probs(logits, task)
             auc = validation_auc(y_val, probs, task)
             if task == "multilabel":
@@ -259,7 +263,7 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     cfg = replace(cfg, class_weights=class_weights_for(cfg, default=False))  # run.json records what was used
     splits, tr, va = split_cases(ds, cfg, log)
     summary = describe(ds, splits)
-    log(format_summary(summary))
+    log(format_summary(summary, cfg.class_weights))
 
     prep = build_preprocessing(ds, cfg)
     log(f"preprocessing: {prep.spatial_ndim}D, size {tuple(prep.output_shape[:-1])}, "
@@ -268,14 +272,15 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     x_tr, x_va = x_all[: len(tr)], x_all[len(tr):]
     y_all = encode_labels(ds)
     y_tr, y_va = y_all[tr], y_all[va]
+    cfg = replace(cfg, members=ensemble_members(cfg, prep.output_shape, len(tr)))  # run.json records what was used
 
     # 3D: half the optimiser steps (AdrenalMNIST3D peaked by epoch 8-10 of 16 or 32; 16 measured 0.836 val AUC)
     epochs = cfg.epochs or auto_epochs(len(tr), cfg.batch_size, target_steps=600 if prep.spatial_ndim == 2 else 300)
     batch = cfg.batch_size * dist.replicas  # --batch-size per device; learning rate linear in the global batch
     steps = max(1, math.ceil(len(tr) / batch))
     with dist.scope():
-        model = compile_model(replace(cfg, learning_rate=cfg.learning_rate * dist.replicas, devices=None),
-                              prep.output_shape, ds, epochs, steps)
+        model, fitted = compile_model(replace(cfg, learning_rate=cfg.learning_rate * dist.replicas, devices=None),
+                                      prep.output_shape, ds, epochs, steps)
 
     augmenter = None if cfg.augment == "none" else Augmenter.from_preset(cfg.augment, prep.spatial_ndim, seed=cfg.seed)
     weights = class_sample_weights(y_tr, ds.task) if cfg.class_weights else None
@@ -283,13 +288,14 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
 
     order = EpochOrder(len(x_tr), cfg.seed)  # data order and augmentation keyed by epoch: resumes replay exactly
     train_ds = make_tf_dataset(x_tr, y_tr, batch, cfg.seed, augmenter, sample_weight=weights, order=order)
-    log(f"training {cfg.model} for up to {epochs} epochs ({len(tr)} train / {len(va)} val cases, "
+    what = cfg.model if cfg.members == 1 else f"an ensemble of {cfg.members} {cfg.model} models side by side"
+    log(f"training {what} for up to {epochs} epochs ({len(tr)} train / {len(va)} val cases, "
         f"batch {batch}{f' over {dist.replicas} devices' if dist.replicas > 1 else ''}, "
         f"{'resuming' if resuming else 'new run'}) -> {run_dir}")
     callbacks = _make_callbacks(run_dir, x_va, y_va, ds.task, cfg.patience, cfg.max_minutes, cfg.batch_size,
-                                order=order)
+                                order=order, predict_model=model if fitted is not model else None)
     callbacks += list(extra_callbacks or [])
-    train_seconds = fit_model(model, train_ds, epochs, callbacks, verbose, run_dir)
+    train_seconds = fit_model(fitted, train_ds, epochs, callbacks, verbose, run_dir)
     best = callbacks[1]
 
     # Operating point and validation metrics from the selected (best) weights.
@@ -330,25 +336,33 @@ def log_done(info: dict[str, Any], seconds: float, log: Callable[[str], None]) -
         f"{auc if auc is None else round(auc, 4)} {vm.get('auc_ci')}, accuracy {vm.get('accuracy'):.4f}")
 
 
-def compile_model(cfg: TrainConfig, shape: tuple[Any, ...], ds: Dataset, epochs: int, steps: int) -> Any:
-    """The registry model, compiled with AdamW + cosine decay and a from-logits cross-entropy. Image-classifier
-    training (`train`) handles `cfg.devices` itself; other trainers reaching here with it set are refused."""
+def compile_model(cfg: TrainConfig, shape: tuple[Any, ...], ds: Dataset, epochs: int,
+                  steps: int) -> tuple[Any, Any]:
+    """(the registry model, the model to fit): AdamW + cosine decay and a from-logits cross-entropy. The two are one
+    object, except for an ensemble (`cfg.members` > 1), which fits its members' logits on each member's own
+    cross-entropy (models/ensemble.py). Image-classifier training (`train`) handles `cfg.devices` itself; other
+    trainers reaching here with it set are refused."""
     import keras
 
+    from meddx.models.ensemble import member_loss, training_view
     from meddx.models.registry import build_model
 
     if cfg.devices:
         raise ConfigError("--devices is implemented for image classifiers only; train this model on one device")
     options = {"dropout": cfg.dropout, **(cfg.model_options or {})}
-    model = build_model(cfg.model, shape, ds.n_classes, task=ds.task, **options)
+    members = cfg.members or 1
+    model = build_model(cfg.model, shape, ds.n_classes, task=ds.task, members=members, **options)
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=epochs * steps, alpha=0.01)
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
-    if ds.task == "multiclass":
+    if members > 1:
+        loss = member_loss(members, ds.task)
+    elif ds.task == "multiclass":
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     else:
         loss = keras.losses.BinaryCrossentropy(from_logits=True)
-    model.compile(optimizer=optimizer, loss=loss, jit_compile=cfg.jit_compile)
-    return model
+    fitted = training_view(model)
+    fitted.compile(optimizer=optimizer, loss=loss, jit_compile=cfg.jit_compile)
+    return model, fitted
 
 
 def threshold_prior(cfg: TrainConfig, ds: Dataset, tr: np.ndarray) -> float:

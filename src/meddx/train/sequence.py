@@ -120,6 +120,8 @@ def check_sequence_config(cfg: TrainConfig) -> None:
         raise ConfigError("sequence models classify whole studies; --task segmentation is not available for them")
     if cfg.model == "cnn25d" and cfg.frame_sampling == "all":
         raise ConfigError("cnn25d needs a fixed number of frames: use --frame-sampling uniform")
+    if cfg.members not in (None, 1):
+        raise ConfigError("--members (ensembles) is implemented for image classifiers; sequence models train one model")
 
 
 def sequence_preprocessing(ds: Dataset, cfg: TrainConfig) -> Any:
@@ -189,7 +191,7 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
     cfg = replace(cfg, class_weights=class_weights_for(cfg, default=True))  # run.json records what was used
     splits, tr, va = split_cases(ds, cfg, log)
     summary = describe(ds, splits)
-    log(format_summary(summary))
+    log(format_summary(summary, cfg.class_weights))
     prep = sequence_preprocessing(ds, cfg)
     log(f"frames: {cfg.frame_sampling}" + (f" ({cfg.frames} per study)" if cfg.frame_sampling == "uniform" else "")
         + f", each {prep.image_size[0]} px, {prep.output_shape[-1]} channel(s), intensity {prep.intensity}")
@@ -203,7 +205,7 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
     steps = max(1, math.ceil(len(tr) / batch))
     epochs = cfg.epochs or auto_epochs(len(tr), batch, target_steps=300, lo=10, hi=60)
     shape = (cfg.frames if cfg.frame_sampling == "uniform" else None, *prep.output_shape)
-    model = compile_model(cfg, shape, ds, epochs, steps)
+    model, _ = compile_model(replace(cfg, members=1), shape, ds, epochs, steps)
     from meddx.transforms.augment import Augmenter
 
     # the one preset table (transforms/augment.py): every frame of a study gets the same draw
