@@ -5,8 +5,9 @@ For each set, the official train+val cases are split into K stratified folds; ea
 and `meddx evaluate --split test` scores the held-out fold. Printed per set: cross-validated AUC and
 `accuracy_argmax` (MedMNIST's definition) with 95 % bootstrap CIs over the pooled out-of-fold cases, the accuracy
 at the RUN's own operating threshold (`robust_threshold`) and at the previous default's Youden threshold, and the
-wall time of `meddx train`; the new default and the previous one (RECIPES) side by side on the same folds. Beside them: MedMNIST v2's ResNet-18 (28) test figures and the previous default's
-test figures from the issue (the judged test splits are not in ../shared, so those are quoted, not re-measured).
+wall time of `meddx train`; the recipes (RECIPES) side by side on the same folds, and for an ensemble each member's
+own figures (one model of the recipe, from the same RUNs). Beside them: MedMNIST v2's ResNet-18 (28) test figures
+and the previous default's test figures from the issue (the judged test splits are not in ../shared, so those are quoted, not re-measured).
 
     python benchmarks/accuracy.py [--sets breast,pneumonia,retina,adrenal3d] [--recipes default,previous] [--folds 3] [--quick]
 """
@@ -100,6 +101,43 @@ def _predict_split(p: Any, d: Any, split: str) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
+def _member_probs(run: Path, npz: Path) -> list[np.ndarray]:
+    """Each ensemble member's class probabilities on the held-out fold (its own logits, no temperature), so one
+    model and the ensemble compare on the same RUN; [] for a single model."""
+    from meddx.infer import load
+    from meddx.io.image import Image
+    from meddx.models.ensemble import member_count, training_view
+    from meddx.models.outputs import logits_to_probs
+
+    p = load(run)
+    k = member_count(p.model)
+    if k == 1:
+        return []
+    arrays = np.load(npz)["test_images"]
+    colour = arrays.ndim == 4 and arrays.shape[-1] == 3
+    ndim = 2 if (arrays.ndim == 3 or colour) else 3
+    x = np.stack([p.preprocessing(Image(array=np.asarray(a), spatial_ndim=ndim, has_channels=colour)) for a in arrays])
+    z = training_view(p.model).predict(x, batch_size=128, verbose=0)
+    units = z.shape[1] // k
+    return [logits_to_probs(z[:, m * units:(m + 1) * units], p.task) for m in range(k)]
+
+
+def member_figures(y: np.ndarray, members: list[np.ndarray]) -> dict[str, Any]:
+    """AUC and argmax accuracy of each member alone (pooled over the folds, as the ensemble's) and of their plain
+    mean: what one model of the recipe scores, beside what the ensemble of the same training runs scores."""
+    from meddx.evaluate.classification import accuracy_argmax, macro_auc_ovr, roc_auc
+
+    binary = members[0].shape[1] == 2
+    task = "binary" if binary else "multiclass"
+    auc_fn = (lambda a, b: roc_auc(a, b[:, 1])) if binary else macro_auc_ovr
+    aucs = [float(auc_fn(y, m)) for m in members]
+    accs = [float(accuracy_argmax(y, m, task)) for m in members]
+    mean = np.mean(members, axis=0)
+    return {"member_auc": aucs, "member_accuracy_argmax": accs, "member_auc_mean": float(np.mean(aucs)),
+            "member_acc_mean": float(np.mean(accs)), "members_averaged_auc": float(auc_fn(y, mean)),
+            "members_averaged_acc": float(accuracy_argmax(y, mean, task))}
+
+
 def run_set(name: str, folds: int, quick: bool, seed: int, work: Path, recipe: str = "default") -> dict[str, Any]:
     """Cross-validated figures of one recipe (RECIPES) on one MedMNIST set."""
     from meddx.evaluate.classification import accuracy_argmax, bootstrap_ci, roc_auc, macro_auc_ovr
@@ -111,7 +149,7 @@ def run_set(name: str, folds: int, quick: bool, seed: int, work: Path, recipe: s
         keep = np.random.default_rng(seed).choice(len(y), min(len(y), 240), replace=False)
         x, y = x[keep], y[keep]
     fold = _folds(y, folds, seed)
-    ys, ps, at_thr, at_youden, minutes = [], [], [], [], []
+    ys, ps, at_thr, at_youden, minutes, members = [], [], [], [], [], []
     for k in range(folds if not quick else 1):
         npz = work / f"{name}_fold{k}.npz"
         _write_fold(x, y, fold, k, npz, seed)
@@ -123,6 +161,7 @@ def run_set(name: str, folds: int, quick: bool, seed: int, work: Path, recipe: s
             extra += ["--config", str(cfg)]
         minutes.append(_meddx("train", str(npz), "--out", str(run), "--seed", str(seed), *extra) / 60)
         yt, pt, thr, youden = _oof_probs(run, npz)
+        members.append(_member_probs(run, npz))
         ys.append(yt)
         ps.append(pt)
         if pt.shape[1] == 2:
@@ -140,7 +179,8 @@ def run_set(name: str, folds: int, quick: bool, seed: int, work: Path, recipe: s
             "accuracy_argmax": acc, "acc_ci": acc_ci,
             "acc_at_run_threshold": float(np.mean(at_thr)) if at_thr else None,
             "acc_at_previous_youden": float(np.mean(at_youden)) if at_youden else None,
-            "train_minutes_max": max(minutes), "resnet18_test": RESNET18[name], "previous_test": PREVIOUS[name]}
+            "train_minutes_max": max(minutes), "resnet18_test": RESNET18[name], "previous_test": PREVIOUS[name],
+            **(member_figures(yy, [np.concatenate(m) for m in zip(*members)]) if all(members) else {})}
 
 
 def main() -> None:
@@ -167,6 +207,8 @@ def main() -> None:
               f"[{r['acc_ci'][0]:.3f}, {r['acc_ci'][1]:.3f}]",
               "ACC @ RUN thr": r["acc_at_run_threshold"], "ACC @ old Youden": r["acc_at_previous_youden"],
               "train min (max fold)": r["train_minutes_max"],
+              "one member alone: AUC / ACC (mean of members)": "%.3f / %.3f" % (r["member_auc_mean"], r["member_acc_mean"])
+              if "member_auc_mean" in r else "-",
               "ResNet-18 test AUC/ACC": "%.3f / %.3f" % r["resnet18_test"],
               "previous meddx test AUC/ACC": "%.3f / %.3f" % r["previous_test"]} for r in rows]
     text = table(shown)

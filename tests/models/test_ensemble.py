@@ -90,3 +90,14 @@ def test_members_are_refused_where_they_do_not_apply() -> None:
 
     with pytest.raises(ConfigError, match="sequence models train one model"):
         check_sequence_config(TrainConfig(model="lstm", members=3))
+
+
+def test_a_default_ensemble_keeps_to_the_time_budget() -> None:
+    from meddx.train.config import ENSEMBLE_MAX_MINUTES
+    from meddx.train.fit import resolve_members
+
+    auto = resolve_members(TrainConfig(), (28, 28, 1), 546)
+    assert (auto.members, auto.max_minutes) == (3, ENSEMBLE_MAX_MINUTES)
+    assert resolve_members(TrainConfig(max_minutes=2.0), (28, 28, 1), 546).max_minutes == 2.0  # the user's budget
+    assert resolve_members(TrainConfig(members=3), (28, 28, 1), 546).max_minutes is None  # asked for: no cap
+    assert resolve_members(TrainConfig(), (64, 64, 1), 5000).max_minutes is None  # one model: as before
