@@ -73,13 +73,11 @@ def _meddx(*args: str) -> float:
     return time.monotonic() - t0
 
 
-def _oof_probs(run: Path, npz: Path) -> tuple[np.ndarray, np.ndarray, float, float]:
+def _oof_probs(p: Any, npz: Path) -> tuple[np.ndarray, np.ndarray, float, float]:
     """(held-out labels, probabilities, the RUN's threshold, the Youden threshold of the RUN's validation split:
-    the previous default) of one fold."""
+    the previous default) of one fold, from the RUN's predictor `p`."""
     from meddx.evaluate.classification import youden_threshold
-    from meddx.infer import load
 
-    p = load(run)
     d = np.load(npz)
     te, va = _predict_split(p, d, "test"), _predict_split(p, d, "val")
     youden = youden_threshold(d["val_labels"].ravel(), va[:, 1]) if te.shape[1] == 2 else float("nan")
@@ -87,36 +85,34 @@ def _oof_probs(run: Path, npz: Path) -> tuple[np.ndarray, np.ndarray, float, flo
     return d["test_labels"].ravel(), te, thr, youden
 
 
-def _predict_split(p: Any, d: Any, split: str) -> np.ndarray:
-    """Class probabilities of an npz split through the predictor (the RUN's preprocessing, batched)."""
+def _images(arrays: np.ndarray) -> list[Any]:
+    """An npz split's arrays as meddx Images (2D grey, 2D colour or 3D), as a user's files would arrive."""
     from meddx.io.image import Image
 
-    arrays = d[f"{split}_images"]
     colour = arrays.ndim == 4 and arrays.shape[-1] == 3
     ndim = 2 if (arrays.ndim == 3 or colour) else 3
-    imgs = [Image(array=np.asarray(a), spatial_ndim=ndim, has_channels=colour) for a in arrays]
+    return [Image(array=np.asarray(a), spatial_ndim=ndim, has_channels=colour) for a in arrays]
+
+
+def _predict_split(p: Any, d: Any, split: str) -> np.ndarray:
+    """Class probabilities of an npz split through the predictor (the RUN's preprocessing, batched)."""
+    imgs = _images(d[f"{split}_images"])
     out = []
     for k in range(0, len(imgs), 64):
         out += [list(q.probabilities.values()) for q in p.predict_batch(imgs[k:k + 64], heatmap=False)]
     return np.asarray(out, dtype=np.float64)
 
 
-def _member_probs(run: Path, npz: Path) -> list[np.ndarray]:
+def _member_probs(p: Any, npz: Path) -> list[np.ndarray]:
     """Each ensemble member's class probabilities on the held-out fold (its own logits, no temperature), so one
-    model and the ensemble compare on the same RUN; [] for a single model."""
-    from meddx.infer import load
-    from meddx.io.image import Image
+    model and the ensemble compare on the same RUN (predictor `p`); [] for a single model."""
     from meddx.models.ensemble import member_count, training_view
     from meddx.models.outputs import logits_to_probs
 
-    p = load(run)
     k = member_count(p.model)
     if k == 1:
         return []
-    arrays = np.load(npz)["test_images"]
-    colour = arrays.ndim == 4 and arrays.shape[-1] == 3
-    ndim = 2 if (arrays.ndim == 3 or colour) else 3
-    x = np.stack([p.preprocessing(Image(array=np.asarray(a), spatial_ndim=ndim, has_channels=colour)) for a in arrays])
+    x = np.stack([p.preprocessing(img) for img in _images(np.load(npz)["test_images"])])
     z = training_view(p.model).predict(x, batch_size=128, verbose=0)
     units = z.shape[1] // k
     return [logits_to_probs(z[:, m * units:(m + 1) * units], p.task) for m in range(k)]
@@ -141,6 +137,7 @@ def member_figures(y: np.ndarray, members: list[np.ndarray]) -> dict[str, Any]:
 def run_set(name: str, folds: int, quick: bool, seed: int, work: Path, recipe: str = "default") -> dict[str, Any]:
     """Cross-validated figures of one recipe (RECIPES) on one MedMNIST set."""
     from meddx.evaluate.classification import accuracy_argmax, bootstrap_ci, roc_auc, macro_auc_ovr
+    from meddx.infer import load
 
     d = np.load(DATA / FILES[name])
     x = np.concatenate([d["train_images"], d["val_images"]])
@@ -160,8 +157,9 @@ def run_set(name: str, folds: int, quick: bool, seed: int, work: Path, recipe: s
             cfg.write_text(json.dumps(RECIPES[recipe]))
             extra += ["--config", str(cfg)]
         minutes.append(_meddx("train", str(npz), "--out", str(run), "--seed", str(seed), *extra) / 60)
-        yt, pt, thr, youden = _oof_probs(run, npz)
-        members.append(_member_probs(run, npz))
+        predictor = load(run)
+        yt, pt, thr, youden = _oof_probs(predictor, npz)
+        members.append(_member_probs(predictor, npz))
         ys.append(yt)
         ps.append(pt)
         if pt.shape[1] == 2:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from meddx.errors import ConfigError
 from meddx.models.registry import CAM_LAYER, OUTPUT_LAYER
 
 __all__ = ["build_ensemble", "training_view", "member_loss", "member_count"]
@@ -33,8 +34,6 @@ def _renamed(prefix: str) -> Callable[[Any], Any]:
 
 def _head(model: Any) -> list[Any]:
     """The layers from 'features' to 'logits' (pooling, dropout, Dense), a chain each member repeats on its slice."""
-    from meddx.errors import ConfigError
-
     names = [layer.name for layer in model.layers]
     if CAM_LAYER not in names or names[-1] != OUTPUT_LAYER:
         raise ConfigError(f"model '{model.name}' has no '{CAM_LAYER}' -> '{OUTPUT_LAYER}' head; it cannot be an ensemble")
