@@ -202,6 +202,12 @@ def main(argv=None) -> int:
     ap.add_argument("--stack-min-fraction", type=float, default=None, metavar="F",
                     help="score with stack post-processing: per patient, drop 3D lesion components under F x the "
                          "largest (with --rescore, also for runs trained without it; 0 switches it off)")
+    ap.add_argument("--save-probs", action="store_true",
+                    help="k-fold: also write each fold's held-out probability maps (with and without flip TTA), "
+                         "masks and patient IDs to foldK/probs.npz, for post-processing studies (--sweep)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="k-fold: train nothing; score the saved probs.npz of every fold under a grid of "
+                         "thresholds and stack post-processing fractions (patient Dice)")
     ap.add_argument("--pool-only", action="store_true",
                     help="k-fold: train nothing; pool the folds already scored under --out")
     ap.add_argument("--only-folds", default="", help="comma-separated fold numbers to run (quick experiments)")
@@ -227,8 +233,10 @@ def main(argv=None) -> int:
              "lesion_fade": args.lesion_fade, "seg_loss": args.seg_loss, "patch_size": args.patch,
              "stack_min_fraction": None if args.rescore else args.stack_min_fraction,
              "select_channels": [int(c) for c in args.select_channels.split(",")] if args.select_channels else None}
-    cfg = TrainConfig(task="segmentation", model="unet", seed=args.seed, test_fraction=args.test_fraction,
-                      val_fraction=0.15).updated(given, source="benchmark flags")
+    cfg = TrainConfig(task="segmentation", model="unet", seed=args.seed, test_fraction=args.test_fraction
+                      ).updated(given, source="benchmark flags")
+    if args.sweep:
+        return sweep(out, args.folds)
     if args.folds:
         only = [int(k) for k in args.only_folds.split(",") if k.strip()]
         return kfold(cfg, args, out, only)
@@ -274,7 +282,7 @@ def single_split(cfg, args, out: Path) -> int:
     load0 = os.getloadavg()
     ds = lgg_dataset(args.data)
     m, info, t_train = _train_and_test(ds, cfg, args, out / "run", out / "eval")
-    splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    splits = assign_splits(ds, info["config"]["val_fraction"], cfg.test_fraction, cfg.seed)  # as training did
     test_idx = np.flatnonzero(splits == "test")
     ref = otsu_baseline(ds, test_idx)
     load1 = os.getloadavg()
@@ -344,6 +352,8 @@ def kfold(cfg, args, out: Path, only: list[int]) -> int:
             t_train = float(info["training_seconds"])
         else:
             m, info, t_train = _train_and_test(ds, fold_cfg, args, run_dir, eval_dir)
+        if args.save_probs:
+            save_probs(ds, te, run_dir, out / f"fold{k}" / "probs.npz")
         trained_config = trained_config or info["config"]
         ref = otsu_baseline(ds, te)
         cases += m["per_case"]
@@ -396,6 +406,96 @@ def kfold(cfg, args, out: Path, only: list[int]) -> int:
     dest = Path(args.json_dir) / name
     dest.write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(f"wrote {dest}")
+    return 0
+
+
+def save_probs(ds, idx, run_dir: Path, dest: Path) -> None:
+    """Held-out probability maps of one fold at the native grid, plain and with flip TTA, beside the truths."""
+    from meddx.infer import load
+    from meddx.train.seg_data import read_pair
+
+    plain, flipped = load(run_dir), load(run_dir, tta=True)
+    probs, probs_tta, truths = [], [], []
+    for i in idx:
+        x, truth, _ = read_pair(ds.items[i], ds.masks[i], plain.preprocessing, native=plain.sliding)
+        probs.append(plain.segment_array(x, truth.shape)[0].astype(np.float16))
+        probs_tta.append(flipped.segment_array(x, truth.shape)[0].astype(np.float16))
+        truths.append(truth.astype(bool))
+    np.savez_compressed(dest, probs=np.stack(probs), probs_tta=np.stack(probs_tta), truths=np.stack(truths),
+                        patients=np.asarray([str(p) for p in ds.patient_ids[idx]]),
+                        names=np.asarray([str(ds.items[i]) for i in idx]))
+
+
+def _patient_volumes(saved) -> list[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Per fold: patient -> (probabilities, TTA probabilities, truth) stacked in slice order."""
+    from meddx.data.lgg import natural_key
+
+    folds = []
+    for f in saved:
+        vols = {}
+        for patient in sorted(set(f["patients"].tolist())):
+            idx = sorted(np.flatnonzero(f["patients"] == patient), key=lambda i: natural_key(Path(str(f["names"][i]))))
+            vols[patient] = (f["probs"][idx].astype(np.float32), f["probs_tta"][idx].astype(np.float32),
+                             f["truths"][idx])
+        folds.append(vols)
+    return folds
+
+
+def _variant_mask(prob: np.ndarray, variant: tuple) -> np.ndarray:
+    """One post-processing variant of a patient's probability volume: ("threshold", t, fraction) = per-slice
+    threshold, components under 10 px dropped, 3D components under fraction x the largest dropped;
+    ("hysteresis", low, high, fraction) = 3D components above low that reach high."""
+    from skimage.filters import apply_hysteresis_threshold
+
+    from meddx.transforms.post import drop_minor_components, postprocess_mask
+
+    if variant[0] == "threshold":
+        _, t, frac = variant
+        mask = np.stack([postprocess_mask(p >= t, 10) for p in prob])
+    else:
+        _, low, high, frac = variant
+        mask = apply_hysteresis_threshold(prob, low, high)
+    return drop_minor_components(mask, frac)
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    total = int(pred.sum() + truth.sum())
+    return 1.0 if total == 0 else float(2.0 * np.logical_and(pred, truth).sum() / total)
+
+
+def sweep(out: Path, folds: int) -> int:
+    """Patient Dice of the saved held-out probabilities of every fold under post-processing variants; the
+    variant picked on the other folds (leave-one-fold-out) gives an honest figure for choosing one."""
+    saved = [np.load(out / f"fold{k}" / "probs.npz") for k in range(folds) if (out / f"fold{k}" / "probs.npz").is_file()]
+    print(f"{len(saved)} folds with saved probabilities under {out}")
+    vols = _patient_volumes(saved)
+    fractions = (0.0, 0.25, 0.5, 0.99)
+    variants = [("threshold", t, f) for t in (0.3, 0.4, 0.5, 0.6, 0.7) for f in fractions]
+    variants += [("hysteresis", lo, hi, f) for lo in (0.3, 0.4) for hi in (0.7, 0.9) for f in fractions]
+    scores: dict[tuple, list[dict[str, float]]] = {}  # (tta, *variant) -> per fold {patient: Dice}
+    for tta in (False, True):
+        for v in variants:
+            key = (tta, *v)
+            scores[key] = [{p: _dice(_variant_mask(pt if tta else pr, v), t) for p, (pr, pt, t) in fold.items()}
+                           for fold in vols]
+            allv = [d for f in scores[key] for d in f.values()]
+            print(f"{'tta ' if tta else 'plain'} {' '.join(map(str, v)):<28} patient Dice {np.mean(allv):.3f} "
+                  f"(median {np.median(allv):.3f})", flush=True)
+    best = max(scores, key=lambda k: np.mean([d for f in scores[k] for d in f.values()]))
+    nested = {}
+    for k in range(len(vols)):  # pick on the other folds, score on this one
+        pick = max(scores, key=lambda key: np.mean([d for j, f in enumerate(scores[key]) if j != k
+                                                     for d in f.values()]))
+        nested.update(scores[pick][k])
+        print(f"fold {k}: picked on the others {pick}")
+    default = (False, "threshold", 0.5, 0.25)
+    summary = {"default": float(np.mean([d for f in scores[default] for d in f.values()])),
+               "best_in_sample": [list(best), float(np.mean([d for f in scores[best] for d in f.values()]))],
+               "nested_leave_one_fold_out": float(np.mean(list(nested.values()))),
+               "scores": {" ".join(map(str, k)): [d for f in v for d in f.values()] for k, v in scores.items()}}
+    print(f"default {summary['default']:.3f}; best in sample {best} {summary['best_in_sample'][1]:.3f}; "
+          f"picked on the other folds {summary['nested_leave_one_fold_out']:.3f}")
+    (out / "sweep.json").write_text(json.dumps(summary, indent=1) + "\n")
     return 0
 
 

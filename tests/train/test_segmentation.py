@@ -208,6 +208,19 @@ def test_stack_postprocessing_is_applied_by_evaluate(trained: tuple[Path, dict],
     assert sum(c["pred_empty"] for c in stacked["per_case"]) >= sum(c["pred_empty"] for c in plain["per_case"])
 
 
+def test_validation_fraction_is_checked_and_old_runs_read_as_before() -> None:
+    from meddx.errors import ConfigError
+    from meddx.train.config import VAL_FRACTION, recorded_val_fraction
+
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="val_fraction must be in"):
+            TrainConfig(val_fraction=bad).validate()
+    with pytest.raises(ConfigError, match="test_fraction must be in"):
+        TrainConfig(test_fraction=1.5).validate()
+    assert recorded_val_fraction({}) == recorded_val_fraction({"val_fraction": None}) == VAL_FRACTION == 0.15
+    assert recorded_val_fraction({"val_fraction": 0.0}) == 0.0
+
+
 def test_stack_min_fraction_is_validated_and_recorded(tmp_path: Path) -> None:
     from meddx.cli import main
     from meddx.errors import ConfigError
@@ -627,18 +640,23 @@ def test_slice_stack_recipe_fills_only_the_settings_not_given(tmp_path: Path) ->
     assert c["intensity"] == info["preprocessing"]["intensity"] == "zscore:foreground,channel"
     assert info["input_shape"] == [256, 256, 1] and info["segmentation"]["stack_min_fraction"] == 0.25
     assert any("slice-stack recipe" in line for line in logs)
+    # no validation patients: every non-test patient trains, the last epoch is kept
+    assert c["val_fraction"] == 0.0 and info["best_epoch"] == info["epochs_run"]
+    assert "val" not in (tmp_path / "a" / "splits.csv").read_text()
+    assert any("no validation split (val_fraction 0, the slice-stack recipe's)" in line for line in logs)
 
     given = TrainConfig(task="segmentation", epochs=1, image_size=32, lesion_fade=0.0, batch_size=4,
-                        intensity="minmax", stack_min_fraction=0.0)
+                        intensity="minmax", stack_min_fraction=0.0, val_fraction=0.2)
     c = train_segmenter(stacks, tmp_path / "b", given, log=lambda s: None, **run)["config"]
     assert (c["batch_size"], c["learning_rate"], c["lesion_fade"], c["stack_min_fraction"], c["patch_size"],
-            c["intensity"]) == (4, 3e-3, 0.0, 0.0, 0, "minmax")  # what was given wins; 32 px: no crops
+            c["intensity"], c["val_fraction"]) == (4, 3e-3, 0.0, 0.0, 0, "minmax", 0.2)  # what was given wins
+    assert ",val" in (tmp_path / "b" / "splits.csv").read_text()
 
     singles = make_discs(tmp_path / "singles", n_patients=14, per_patient=1, seed=5)
     logs.clear()
     info = train_segmenter(singles, tmp_path / "c", TrainConfig(task="segmentation", epochs=1), log=logs.append, **run)
     c = info["config"]
-    assert (c["batch_size"], c["learning_rate"], c["lesion_fade"], c["stack_min_fraction"], c["patch_size"]) == (
-        64, 2e-3, 0.0, 0.0, 0)  # one image per patient (e.g. dermoscopy): the image recipe, as before
+    assert (c["batch_size"], c["learning_rate"], c["lesion_fade"], c["stack_min_fraction"], c["patch_size"],
+            c["val_fraction"]) == (64, 2e-3, 0.0, 0.0, 0, 0.15)  # one image per patient: the image recipe
     assert info["preprocessing"]["intensity"] == "minmax" and info["input_shape"] == [40, 40, 1]
     assert not any("slice-stack recipe" in line for line in logs)

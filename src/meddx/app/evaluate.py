@@ -20,6 +20,7 @@ def split_indices(predictor: Any, ds: Any, split: str, log: Log) -> np.ndarray:
     hash) when DATA is the RUN's own data, else DATA's own splits. A test case with the content of a case the
     RUN trained or selected on is refused; with `all` such cases are counted and logged; train/val warn."""
     from meddx.data.splits import assign_splits
+    from meddx.train.config import recorded_val_fraction
 
     cfg = predictor.info.config
     recorded = _recorded(predictor)
@@ -36,7 +37,7 @@ def split_indices(predictor: Any, ds: Any, split: str, log: Log) -> np.ndarray:
             log(f"note: {new} case(s) of DATA are not in the RUN's splits.csv (added since training?); "
                 "they count as test")
     else:
-        splits = assign_splits(ds, cfg.get("val_fraction", 0.15), cfg.get("test_fraction", 0.15),
+        splits = assign_splits(ds, recorded_val_fraction(cfg), cfg.get("test_fraction", 0.15),
                                cfg.get("seed", 0))
     idx = np.arange(len(ds)) if split == "all" else np.flatnonzero(splits == split)
     if len(idx) == 0:

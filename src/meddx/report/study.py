@@ -523,7 +523,8 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
     card = [["Model", run_info.get("model", "?")], ["meddx version", run_info.get("meddx_version", "?")],
             ["Task", run_info.get("task", "?")], ["Classes", ", ".join(run_info.get("class_names") or names)],
             ["Training data", data.get("source", "?")], ["Training date", _fmt_date(run_info.get("created", "?"))],
-            ["Validation Dice (lesion cases)", f"{_num(vm.get('dice'))} ({_num(vm.get('dice_lesion'))})"]
+            ["Validation Dice (lesion cases)", f"{_num(vm.get('dice'))} ({_num(vm.get('dice_lesion'))})"
+             if vm.get("dice") is not None else "none: no validation patients (the schedule's last epoch is kept)"]
             if run_info.get("kind") == "segmenter" else
             ["Validation AUC (95% CI)", f"{_num(vm.get('auc'))} ({_num(ci[0])}–{_num(ci[1])})"],
             ["Validation cases", vm.get("n", "?")]]

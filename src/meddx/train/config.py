@@ -38,7 +38,7 @@ class TrainConfig:
     members: int | None = None  # image classifiers: an ensemble of this many copies of the model trained side by
     # side (models/ensemble.py); None: `ensemble_members` (3 for MedMNIST-sized data, else 1)
     patience: int = 25  # early stopping on validation AUC
-    val_fraction: float = 0.15
+    val_fraction: float | None = None  # None: the recipe's (VAL_FRACTION; 0 for slice-stack segmentation)
     test_fraction: float = 0.15
     seed: int = 0
     max_minutes: float | None = None  # wall-clock budget; training stops cleanly when exceeded
@@ -127,6 +127,10 @@ class TrainConfig:
             raise ConfigError(f"frames must be between 1 and 4096, got {self.frames}")
         if self.frame_sampling not in FRAME_SAMPLINGS:
             raise ConfigError(f"frame_sampling must be {' or '.join(FRAME_SAMPLINGS)}, got {self.frame_sampling!r}")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {value}")
         if self.image_size is not None and not 8 <= self.image_size <= 1024:
             raise ConfigError(f"image_size must be between 8 and 1024, got {self.image_size}")
 
@@ -150,12 +154,16 @@ def _type_ok(value: Any, annotation: str) -> bool:
 # slices per patient, e.g. LGG MR) takes the recipe of benchmarks/segmentation_lgg.py, chosen by patient-grouped
 # cross-validation: all channels z-scored over the head, 128 px crops of 256 px slices, lesion fade, and each
 # patient's slices post-processed as one stack (README, "LGG segmentation").
-CLASSIFIER_DEFAULTS: dict[str, Any] = {"batch_size": 64, "learning_rate": 2e-3}
+VAL_FRACTION = 0.15  # patients held out to pick the best epoch (and calibrate), unless the recipe says otherwise
+CLASSIFIER_DEFAULTS: dict[str, Any] = {"batch_size": 64, "learning_rate": 2e-3, "val_fraction": VAL_FRACTION}
 IMAGE_SEGMENTATION_DEFAULTS: dict[str, Any] = {**CLASSIFIER_DEFAULTS, "lesion_fade": 0.0, "patch_size": 0,
                                                "stack_min_fraction": 0.0}
 SLICE_STACK_SEGMENTATION_DEFAULTS: dict[str, Any] = {
     "batch_size": 8, "learning_rate": 3e-3, "lesion_fade": 0.5, "stack_min_fraction": 0.25,
-    "intensity": "zscore:foreground,channel"}
+    "intensity": "zscore:foreground,channel",
+    # no validation patients: every non-test patient trains and the cosine schedule's last epoch is kept, the
+    # protocol benchmarks/segmentation_lgg.py measures (a few validation patients made a noisy epoch selector)
+    "val_fraction": 0.0}
 SLICE_STACK_MAX_SIZE = 256  # slice stacks train at their native size up to this (other 2D data: the model's default)
 SLICE_STACK_PATCH = 128  # ... on crops of this side when the slices are at least twice as large
 SLICE_STACK_MIN_SLICES = 4  # "slice stacks": patients hold at least this many slices (median)
@@ -164,6 +172,12 @@ SLICE_STACK_MIN_SLICES = 4  # "slice stacks": patients hold at least this many s
 def with_defaults(cfg: TrainConfig, defaults: dict[str, Any]) -> TrainConfig:
     """`cfg` with each unset (None) setting named in `defaults` filled in, so a RUN records what it used."""
     return replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
+
+
+def recorded_val_fraction(config: dict[str, Any]) -> float:
+    """The validation fraction a RUN's recorded config used (RUNs that recorded none used VAL_FRACTION)."""
+    value = config.get("val_fraction")
+    return VAL_FRACTION if value is None else float(value)
 
 
 def check_stack_min_fraction(value: float, name: str = "stack_min_fraction") -> None:

@@ -360,6 +360,7 @@ def add_fingerprint(run_dir: str | Path, data: str | Path | Any, coverage: float
     training assigned) and write them into the RUN; the weights, threshold and probabilities do not change."""
     from meddx.data.datasets import Dataset, load_dataset
     from meddx.data.splits import assign_splits
+    from meddx.train.config import recorded_val_fraction
     from meddx.io.run_info import RunInfo
     from meddx.models.registry import load_model
     from meddx.transforms.prepare import materialise
@@ -373,12 +374,12 @@ def add_fingerprint(run_dir: str | Path, data: str | Path | Any, coverage: float
     if list(ds.class_names) != list(info.class_names):
         raise InputError(f"DATA has classes {ds.class_names}, the RUN {info.class_names}: not its training data", run)
     cfg = info.config
-    splits = assign_splits(ds, cfg.get("val_fraction", 0.15), cfg.get("test_fraction", 0.15), cfg.get("seed", 0))
+    splits = assign_splits(ds, recorded_val_fraction(cfg), cfg.get("test_fraction", 0.15), cfg.get("seed", 0))
     tr, va = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
     if len(va) == 0:
         from meddx.data.splits import _groups, _holdout, _strata
 
-        va = np.sort(_holdout(_strata(ds), _groups(ds), tr, cfg.get("val_fraction", 0.15), cfg.get("seed", 0)))
+        va = np.sort(_holdout(_strata(ds), _groups(ds), tr, recorded_val_fraction(cfg), cfg.get("seed", 0)))
         tr = np.setdiff1d(tr, va)
     prep = Preprocessing.from_config(info.preprocessing)
     model = load_model(run / "model.keras")

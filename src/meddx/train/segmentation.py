@@ -72,6 +72,9 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     from meddx.data.integrity import case_hashes, check_mask_shapes, check_no_duplicates, content_groups
 
     check_mask_shapes(ds)  # a mask of another size than its image is an error, never resized to fit
+    ndim, channels, native = probe_item(ds)
+    stacks = ndim == 2 and is_slice_stacks(ds)  # the recipe (and with it the validation fraction) comes first
+    cfg = with_defaults(cfg, SLICE_STACK_SEGMENTATION_DEFAULTS if stacks else IMAGE_SEGMENTATION_DEFAULTS)
     hashes = case_hashes(ds)  # copies of a case stay in one split; across source-given splits they are refused
     splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed, groups=content_groups(ds, hashes))
     check_no_duplicates(ds, splits, hashes, log)
@@ -83,15 +86,13 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
         raise DataError(f"need train and val cases; got {len(tr)} train / {len(va)} val", ds.source)
     selecting = len(va) > 0  # a validation split picks the best epoch; without one the last epoch is kept
     if not selecting:
-        log("no validation split (val_fraction 0): training the full schedule and keeping the last epoch")
+        log("no validation split (val_fraction 0" + (", the slice-stack recipe's" if stacks else "")
+            + "): training the full schedule and keeping the last epoch")
     missing = sum(ds.masks[i] is None for i in range(len(ds)))  # type: ignore[index]
     if missing:
         log(f"note: {missing} case(s) without a mask are treated as all background")
 
-    ndim, channels, native = probe_item(ds)
     spec = model_spec(model_name)
-    stacks = ndim == 2 and is_slice_stacks(ds)
-    cfg = with_defaults(cfg, SLICE_STACK_SEGMENTATION_DEFAULTS if stacks else IMAGE_SEGMENTATION_DEFAULTS)
     size = int(cfg.image_size or min(max(native), SLICE_STACK_MAX_SIZE if stacks else spec.default_size[ndim]))
     size -= size % 2 ** depth if size >= 2 ** depth else 0
     size = max(size, 2 ** depth)
