@@ -458,16 +458,21 @@ def _variant_mask(prob: np.ndarray, variant: tuple) -> np.ndarray:
     return drop_minor_components(mask, frac)
 
 
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = int(pred.sum() + truth.sum())
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(pred, truth).sum() / total)
+def _mean_dice(per_fold: list[dict[str, float]], leave_out: int | None = None) -> float:
+    """Mean patient Dice over the folds' patients (all folds, or all but fold `leave_out`)."""
+    return float(np.mean([d for j, f in enumerate(per_fold) if j != leave_out for d in f.values()]))
 
 
 def sweep(out: Path, folds: int) -> int:
     """Patient Dice of the saved held-out probabilities of every fold under post-processing variants; the
     variant picked on the other folds (leave-one-fold-out) gives an honest figure for choosing one."""
+    from meddx.transforms.post import dice_np
+
     saved = [np.load(out / f"fold{k}" / "probs.npz") for k in range(folds) if (out / f"fold{k}" / "probs.npz").is_file()]
     print(f"{len(saved)} folds with saved probabilities under {out}")
+    if not saved:
+        print(f"error: --sweep: no foldK/probs.npz under {out} (train with --folds K --save-probs first)")
+        return 1
     vols = _patient_volumes(saved)
     fractions = (0.0, 0.25, 0.5, 0.99)
     variants = [("threshold", t, f) for t in (0.3, 0.4, 0.5, 0.6, 0.7) for f in fractions]
@@ -476,21 +481,19 @@ def sweep(out: Path, folds: int) -> int:
     for tta in (False, True):
         for v in variants:
             key = (tta, *v)
-            scores[key] = [{p: _dice(_variant_mask(pt if tta else pr, v), t) for p, (pr, pt, t) in fold.items()}
+            scores[key] = [{p: dice_np(_variant_mask(pt if tta else pr, v), t) for p, (pr, pt, t) in fold.items()}
                            for fold in vols]
-            allv = [d for f in scores[key] for d in f.values()]
-            print(f"{'tta ' if tta else 'plain'} {' '.join(map(str, v)):<28} patient Dice {np.mean(allv):.3f} "
-                  f"(median {np.median(allv):.3f})", flush=True)
-    best = max(scores, key=lambda k: np.mean([d for f in scores[k] for d in f.values()]))
+            median = np.median([d for f in scores[key] for d in f.values()])
+            print(f"{'tta ' if tta else 'plain'} {' '.join(map(str, v)):<28} patient Dice "
+                  f"{_mean_dice(scores[key]):.3f} (median {median:.3f})", flush=True)
+    best = max(scores, key=lambda key: _mean_dice(scores[key]))
     nested = {}
     for k in range(len(vols)):  # pick on the other folds, score on this one
-        pick = max(scores, key=lambda key: np.mean([d for j, f in enumerate(scores[key]) if j != k
-                                                     for d in f.values()]))
+        pick = max(scores, key=lambda key: _mean_dice(scores[key], leave_out=k))
         nested.update(scores[pick][k])
         print(f"fold {k}: picked on the others {pick}")
     default = (False, "threshold", 0.5, 0.25)
-    summary = {"default": float(np.mean([d for f in scores[default] for d in f.values()])),
-               "best_in_sample": [list(best), float(np.mean([d for f in scores[best] for d in f.values()]))],
+    summary = {"default": _mean_dice(scores[default]), "best_in_sample": [list(best), _mean_dice(scores[best])],
                "nested_leave_one_fold_out": float(np.mean(list(nested.values()))),
                "scores": {" ".join(map(str, k)): [d for f in v for d in f.values()] for k, v in scores.items()}}
     print(f"default {summary['default']:.3f}; best in sample {best} {summary['best_in_sample'][1]:.3f}; "

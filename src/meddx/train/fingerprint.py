@@ -360,9 +360,9 @@ def add_fingerprint(run_dir: str | Path, data: str | Path | Any, coverage: float
     training assigned) and write them into the RUN; the weights, threshold and probabilities do not change."""
     from meddx.data.datasets import Dataset, load_dataset
     from meddx.data.splits import assign_splits
-    from meddx.train.config import recorded_val_fraction
     from meddx.io.run_info import RunInfo
     from meddx.models.registry import load_model
+    from meddx.train.config import recorded_val_fraction
     from meddx.transforms.prepare import materialise
     from meddx.transforms.preprocess import Preprocessing
 
