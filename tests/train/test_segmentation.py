@@ -251,6 +251,20 @@ def test_cli_train_segmentation(tmp_path: Path) -> None:
     assert rc == 0 and (tmp_path / "ev" / "metrics.json").is_file()
 
 
+def test_cli_train_segmentation_bad_data_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A missing manifest or a mask of another size: one error line, exit 2, no RUN folder (not even resume.json)."""
+    from meddx.cli import main
+
+    bad = make_discs(tmp_path / "bad", n_patients=5, per_patient=3, seed=6)
+    PILImage.fromarray(np.zeros((SIZE // 2, SIZE // 2), np.uint8)).save(bad / "p0" / "p0_0_mask.png")
+    for data, problem in ((tmp_path / "missing.csv", "no such file or folder"), (bad, "")):
+        out = tmp_path / f"run_{Path(data).stem}"
+        rc = main(["train", str(data), "--out", str(out), "--task", "segmentation", "--epochs", "1"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith("meddx: error: ") and problem in err[0], err
+        assert not out.exists()
+
+
 @pytest.mark.parametrize("graph", [True, False], ids=["graph", "numpy"])
 @pytest.mark.parametrize("augment", ["flip", "light", "strong"])
 def test_augmentation_moves_image_and_mask_together(augment: str, graph: bool) -> None:

@@ -54,27 +54,27 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     if not model_spec(model_name).is_segmentation:
         raise ConfigError(f"model '{cfg.model}' is a classifier; --task segmentation needs a segmentation model (unet)")
     run_dir = Path(out)
+    from meddx.data.integrity import case_hashes, check_mask_shapes, check_no_duplicates, content_groups
     from meddx.train.fit import _read_history, check_run_dir, configure_tensorflow, model_channels, write_run_folder
+    from meddx.transforms.prepare import materialise, probe_item
 
+    # DATA is read and checked before the RUN folder exists: a missing or malformed manifest writes nothing
+    ds = load_segmentation_dataset(data)
+    check_mask_shapes(ds)  # a mask of another size than its image is an error, never resized to fit
+    ndim, channels, native = probe_item(ds)
     resuming = check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "base_filters": base_filters, "depth": depth,
                                                   "data": str(getattr(data, "source", data))})
     run_dir.mkdir(parents=True, exist_ok=True)
+    stacks = ndim == 2 and is_slice_stacks(ds)  # the recipe (and with it the validation fraction) comes first
+    cfg = with_defaults(cfg, SLICE_STACK_SEGMENTATION_DEFAULTS if stacks else IMAGE_SEGMENTATION_DEFAULTS)
 
     configure_tensorflow(cfg.threads, cfg.seed)
     import keras
 
-    from meddx.transforms.prepare import materialise, probe_item
     from meddx.data.splits import assign_splits
     from meddx.models.registry import build_model
     from meddx.transforms.preprocess import Preprocessing
 
-    ds = load_segmentation_dataset(data)
-    from meddx.data.integrity import case_hashes, check_mask_shapes, check_no_duplicates, content_groups
-
-    check_mask_shapes(ds)  # a mask of another size than its image is an error, never resized to fit
-    ndim, channels, native = probe_item(ds)
-    stacks = ndim == 2 and is_slice_stacks(ds)  # the recipe (and with it the validation fraction) comes first
-    cfg = with_defaults(cfg, SLICE_STACK_SEGMENTATION_DEFAULTS if stacks else IMAGE_SEGMENTATION_DEFAULTS)
     hashes = case_hashes(ds)  # copies of a case stay in one split; across source-given splits they are refused
     splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed, groups=content_groups(ds, hashes))
     check_no_duplicates(ds, splits, hashes, log)
