@@ -174,9 +174,9 @@ def with_defaults(cfg: TrainConfig, defaults: dict[str, Any]) -> TrainConfig:
     return replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
 
 
-def recorded_val_fraction(config: dict[str, Any]) -> float:
-    """The validation fraction a RUN's recorded config used (RUNs that recorded none used VAL_FRACTION)."""
-    value = config.get("val_fraction")
+def recorded_val_fraction(config: "dict[str, Any] | TrainConfig") -> float:
+    """The validation fraction a config (or a RUN's recorded one) means: None, or none recorded, is VAL_FRACTION."""
+    value = config.get("val_fraction") if isinstance(config, dict) else config.val_fraction
     return VAL_FRACTION if value is None else float(value)
 
 

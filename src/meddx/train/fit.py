@@ -28,7 +28,7 @@ from meddx.errors import ConfigError, DataError
 from meddx.models.outputs import logits_to_probs
 from meddx.models.runtime import configure_tensorflow
 from meddx.train.config import (CLASSIFIER_DEFAULTS, ENSEMBLE_MAX_MINUTES, TrainConfig, auto_epochs, class_weights_for,
-                                 ensemble_members, with_defaults)
+                                 ensemble_members, recorded_val_fraction, with_defaults)
 from meddx.utils import atomic_path, atomic_write_json, atomic_write_text
 
 LOGGER = logging.getLogger("meddx")
@@ -418,12 +418,13 @@ def split_cases(ds: Dataset, cfg: TrainConfig, log: Callable[[str], None]) -> tu
     check_classes(ds, None, cfg.allow_rare_classes)  # malformed labels and tiny classes, before splitting them
     hashes = case_hashes(ds)  # copies of a case are kept in one split, or refused across source-given splits
     groups = content_groups(ds, hashes)
-    splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed, groups=groups)
+    val_fraction = recorded_val_fraction(cfg)  # a config the recipe has not filled means the default
+    splits = assign_splits(ds, val_fraction, cfg.test_fraction, cfg.seed, groups=groups)
     tr, va = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
     if len(va) == 0:
         from meddx.data.splits import _holdout, _strata
 
-        va = np.sort(_holdout(_strata(ds), groups, tr, cfg.val_fraction, cfg.seed))
+        va = np.sort(_holdout(_strata(ds), groups, tr, val_fraction, cfg.seed))
         splits[va] = "val"
         tr = np.setdiff1d(tr, va)
         log(f"no validation split in the data: held out {len(va)} training cases for validation")

@@ -26,7 +26,8 @@ from meddx.errors import ConfigError, DataError
 from meddx.models.losses import SEGMENTATION_LOSSES
 from meddx.models.sliding_window import sliding_window_predict
 from meddx.train.config import (IMAGE_SEGMENTATION_DEFAULTS, SLICE_STACK_MAX_SIZE, SLICE_STACK_PATCH,
-                                SLICE_STACK_SEGMENTATION_DEFAULTS, TrainConfig, auto_epochs, with_defaults)
+                                SLICE_STACK_SEGMENTATION_DEFAULTS, TrainConfig, auto_epochs, recorded_val_fraction,
+                                with_defaults)
 from meddx.train.seg_data import is_slice_stacks, load_segmentation_dataset, masks_at, read_pair
 from meddx.train.seg_pipeline import patch_sequence, tf_dataset_2d
 from meddx.transforms.post import dice_np
@@ -76,13 +77,14 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
     from meddx.transforms.preprocess import Preprocessing
 
     hashes = case_hashes(ds)  # copies of a case stay in one split; across source-given splits they are refused
-    splits = assign_splits(ds, cfg.val_fraction, cfg.test_fraction, cfg.seed, groups=content_groups(ds, hashes))
+    val_fraction = recorded_val_fraction(cfg)  # a config the recipe has not filled means the default
+    splits = assign_splits(ds, val_fraction, cfg.test_fraction, cfg.seed, groups=content_groups(ds, hashes))
     check_no_duplicates(ds, splits, hashes, log)
     ds.extra["content_hashes"] = hashes
     summary = describe(ds, splits)
     log(format_summary(summary))
     tr, va = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "val")
-    if len(tr) == 0 or (len(va) == 0 and cfg.val_fraction > 0):
+    if len(tr) == 0 or (len(va) == 0 and val_fraction > 0):
         raise DataError(f"need train and val cases; got {len(tr)} train / {len(va)} val", ds.source)
     selecting = len(va) > 0  # a validation split picks the best epoch; without one the last epoch is kept
     if not selecting:
