@@ -121,6 +121,16 @@ def test_config_file_and_unknown_keys(tmp_path):
         TrainConfig.from_file(tmp_path / "bad.json")
 
 
+def test_config_file_value_errors_name_the_file(tmp_path):
+    from meddx.errors import ConfigError
+
+    (tmp_path / "range.json").write_text('{"val_fraction": 1.0}')
+    with pytest.raises(ConfigError, match=r"range\.json: val_fraction must be in \[0, 1\), got 1\.0"):
+        TrainConfig.from_file(tmp_path / "range.json")
+    with pytest.raises(ConfigError, match=r"^epochs must be >= 1"):  # a command-line option names no file
+        TrainConfig().updated({"epochs": 0})
+
+
 def test_multilabel_and_multiclass_heads(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, size=(48, 12, 12)).astype(np.uint8)

@@ -87,7 +87,12 @@ class TrainConfig:
         data = asdict(self)
         data.update({k: v for k, v in values.items() if v is not None})
         cfg = TrainConfig(**data)
-        cfg.validate()
+        try:
+            cfg.validate()
+        except ConfigError as exc:  # a value from a config file: the error names the file
+            if source == "options":
+                raise
+            raise ConfigError(f"{source}: {exc}") from None
         return cfg
 
     def validate(self) -> None:
