@@ -74,6 +74,15 @@ def test_duplicated_manifest_row_is_refused_naming_both(tmp_path: Path) -> None:
         _split_cases(ds)
 
 
+def test_cli_train_on_a_refused_manifest_writes_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    rows = [{"path": str(_png(tmp_path / f"i{i}.png", i)), "label": "ab"[i % 2]} for i in range(20)]
+    rows.append(dict(rows[3]))
+    rc, err = _cli(["train", str(_manifest(tmp_path / "m.csv", rows)), "--epochs", "1",
+                    "--out", str(tmp_path / "RUN")], capfd)
+    _one_line_error(rc, err, "m.csv", "listed twice")
+    assert not (tmp_path / "RUN").exists()  # not even resume.json: the RUN folder is made after DATA's checks
+
+
 def test_copy_under_another_name_in_train_and_test_is_refused(tmp_path: Path) -> None:
     rows = [{"path": str(_png(tmp_path / f"i{i}.png", i)), "label": "ab"[i % 2],
              "split": "train" if i < 14 else ("val" if i < 17 else "test")} for i in range(20)]

@@ -246,8 +246,7 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     log = log or LOGGER.info
     cfg = with_defaults(cfg or TrainConfig(), CLASSIFIER_DEFAULTS)  # run.json records what was used
     run_dir = Path(out)
-    resuming = check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "data": str(getattr(data, "source", data))})
-    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = {**cfg.to_dict(), "data": str(getattr(data, "source", data))}
     from meddx.train.devices import make_strategy
 
     dist = make_strategy(cfg.devices)  # first: logical CPU devices must exist before TensorFlow initialises
@@ -262,6 +261,9 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
         raise ConfigError(f"model '{cfg.model}' is a segmentation network; use --task segmentation")
     cfg = replace(cfg, class_weights=class_weights_for(cfg, default=False))  # run.json records what was used
     splits, tr, va = split_cases(ds, cfg, log)
+    # the RUN folder is made only once DATA has passed its checks: bad data leaves nothing behind
+    resuming = check_run_dir(run_dir, overwrite, settings)
+    run_dir.mkdir(parents=True, exist_ok=True)
     summary = describe(ds, splits)
     log(format_summary(summary, cfg.class_weights))
 
