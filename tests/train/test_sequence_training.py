@@ -163,6 +163,26 @@ def test_bad_frame_options_are_config_errors(videos: Path, tmp_path: Path, capsy
     assert code == 2 and "cnn25d needs a fixed number of frames" in capsys.readouterr().err
 
 
+def test_a_damaged_video_is_one_error_and_no_run_folder(videos: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    rows = list(csv.DictReader(open(videos, newline="")))
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes((videos.parent / rows[5]["path"]).read_bytes()[:600])  # truncated mid-stream
+    rows[5] = {**rows[5], "path": str(damaged)}
+    rows = [{**r, "path": r["path"] if Path(r["path"]).is_absolute() else str(videos.parent / r["path"])}
+            for r in rows]
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["path", "label", "patient_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+    code = main(["train", str(manifest), "--model", "lstm", "--frames", "4", "--image-size", "16", "--epochs", "1",
+                 "--out", str(tmp_path / "RUN")])
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("meddx: error: ")]
+    assert code == 2 and len(errors) == 1 and "damaged.mp4" in errors[0], errors
+    assert not (tmp_path / "RUN").exists()  # not even resume.json
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not POCUS.is_file(), reason="POCUS videos not available")
 def test_pocus_smoke(tmp_path: Path) -> None:

@@ -184,7 +184,7 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     check_one_kind(ds)
     run_dir = Path(out)
-    resuming = check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "data": str(getattr(data, "source", data))})
+    settings = {**cfg.to_dict(), "data": str(getattr(data, "source", data))}
     configure_tensorflow(cfg.threads, cfg.seed)
     if ds.task == "multilabel":
         raise ConfigError("sequence models support binary and multi-class labels, not multi-label", ds.source)
@@ -198,6 +198,8 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
     t_read = time.monotonic()
     x_tr, x_va = read_sequences(ds, tr, prep, cfg), read_sequences(ds, va, prep, cfg)
     log(f"read {len(tr) + len(va)} studies in {time.monotonic() - t_read:.0f} s")
+    # the RUN folder is made only once every study has been read: a damaged video leaves nothing behind
+    resuming = check_run_dir(run_dir, overwrite, settings)
     y_all = encode_labels(ds)
     y_tr, y_va = y_all[tr], y_all[va]
 
