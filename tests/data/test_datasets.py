@@ -102,6 +102,31 @@ def test_manifest_missing_columns(tmp_path):
         load_manifest(tmp_path / "m.csv")
 
 
+def test_segmentation_manifest_needs_no_label_column(tmp_path):
+    """path,mask (what a segmentation user writes): rows are labelled by whether they name a mask."""
+    for name in ("a.png", "a_mask.png", "b.png", "c.png", "c_mask.png"):
+        _png(tmp_path / name, 1)
+    (tmp_path / "m.csv").write_text("path,mask\na.png,a_mask.png\nb.png,\nc.png,c_mask.png\n")
+    ds = load_manifest(tmp_path / "m.csv")
+    assert ds.class_names == ["mask", "no mask"]
+    assert [ds.class_names[k] for k in ds.labels] == ["mask", "no mask", "mask"]
+    assert [m is not None for m in ds.masks] == [True, False, True]
+    (tmp_path / "all.csv").write_text("path,mask\na.png,a_mask.png\nc.png,c_mask.png\n")  # one class is fine here
+    assert load_manifest(tmp_path / "all.csv").class_names == ["mask"]
+
+
+def test_classifier_on_a_manifest_without_labels_is_one_error(tmp_path, capsys):
+    from meddx.cli import main
+
+    rows = ["path,mask"] + [f"{_png(tmp_path / f'i{i}.png', i).name},{_png(tmp_path / f'i{i}_m.png', 255).name}"
+                            for i in range(12)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    code = main(["train", str(tmp_path / "m.csv"), "--out", str(tmp_path / "RUN")])
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("meddx: error: ")]
+    assert code == 2 and len(errors) == 1 and "m.csv" in errors[0] and "--task segmentation" in errors[0], errors
+    assert not (tmp_path / "RUN").exists()
+
+
 def test_npz_without_needed_keys(tmp_path):
     np.savez(tmp_path / "bad.npz", images=np.zeros((2, 4, 4)), labels=np.zeros(2))
     with pytest.raises(DataError, match=r"bad\.npz.*train_images"):

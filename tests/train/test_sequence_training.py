@@ -163,8 +163,11 @@ def test_bad_frame_options_are_config_errors(videos: Path, tmp_path: Path, capsy
     assert code == 2 and "cnn25d needs a fixed number of frames" in capsys.readouterr().err
 
 
-def test_a_damaged_video_is_one_error_and_no_run_folder(videos: Path, tmp_path: Path,
+@pytest.mark.parametrize("finished_run", [False, True], ids=["new", "overwrite"])
+def test_a_damaged_video_is_one_error_and_no_run_folder(videos: Path, tmp_path: Path, finished_run: bool,
                                                         capsys: pytest.CaptureFixture) -> None:
+    """A truncated mp4 in the manifest: one error line, and the RUN folder as it was (none, or a finished run
+    that --overwrite would have replaced: it is kept, not cleared before the videos were read)."""
     rows = list(csv.DictReader(open(videos, newline="")))
     damaged = tmp_path / "damaged.mp4"
     damaged.write_bytes((videos.parent / rows[5]["path"]).read_bytes()[:600])  # truncated mid-stream
@@ -176,11 +179,21 @@ def test_a_damaged_video_is_one_error_and_no_run_folder(videos: Path, tmp_path: 
         writer = csv.DictWriter(fh, ["path", "label", "patient_id"])
         writer.writeheader()
         writer.writerows(rows)
+    run = tmp_path / "RUN"
+    before = {}
+    if finished_run:
+        run.mkdir()
+        before = {"run.json": b'{"kind": "sequence_classifier"}', "model.keras": b"the finished model"}
+        for name, data in before.items():
+            (run / name).write_bytes(data)
     code = main(["train", str(manifest), "--model", "lstm", "--frames", "4", "--image-size", "16", "--epochs", "1",
-                 "--out", str(tmp_path / "RUN")])
+                 "--out", str(run)] + (["--overwrite"] if finished_run else []))
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("meddx: error: ")]
     assert code == 2 and len(errors) == 1 and "damaged.mp4" in errors[0], errors
-    assert not (tmp_path / "RUN").exists()  # not even resume.json
+    if finished_run:
+        assert {f.name: f.read_bytes() for f in run.iterdir()} == before
+    else:
+        assert not run.exists()  # not even resume.json
 
 
 @pytest.mark.slow

@@ -266,8 +266,13 @@ def load_class_folders(root: str | Path) -> Dataset:
 
 # -- CSV manifest --------------------------------------------------------------------
 
+# a manifest with a mask column and no label column (segmentation): each row is labelled by whether it names a mask
+MASK_LABELS = ("no mask", "mask")
+
+
 def load_manifest(path: str | Path, class_names: Sequence[str] | None = None) -> Dataset:
-    """CSV with columns path,label[,patient_id,split,mask]; paths relative to the CSV."""
+    """CSV with columns path,label[,patient_id,split,mask] (or path,mask[,...] for segmentation); paths
+    relative to the CSV."""
     path = Path(path)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
@@ -278,7 +283,8 @@ def load_manifest(path: str | Path, class_names: Sequence[str] | None = None) ->
     if not rows:
         raise DataError("manifest has no rows", path)
     columns = {c.strip().lower() for c in rows[0].keys() if c}
-    missing = {"path", "label"} - columns
+    labelled = "label" in columns  # a segmentation manifest (path,mask) may go without: see MASK_LABELS
+    missing = {"path"} - columns if "mask" in columns else {"path", "label"} - columns
     if missing:
         raise DataError(f"manifest lacks column(s) {', '.join(sorted(missing))} (has: {', '.join(sorted(columns))})", path)
     for line, r in enumerate(rows, start=2):
@@ -294,7 +300,7 @@ def load_manifest(path: str | Path, class_names: Sequence[str] | None = None) ->
         f = (base / r["path"]).resolve() if not Path(r["path"]).is_absolute() else Path(r["path"])
         if not f.exists():
             raise InputError(f"file named on manifest line {line} does not exist: {r['path']}", path)
-        if r["label"] == "":
+        if labelled and r["label"] == "":
             raise DataError(f"line {line}: empty label for {r['path']}", path)
         split = _SPLIT_ALIASES.get(r.get("split", "").lower())
         if split is None:
@@ -306,7 +312,7 @@ def load_manifest(path: str | Path, class_names: Sequence[str] | None = None) ->
                 raise InputError(f"mask named on manifest line {line} does not exist: {m}", path)
             m = str(mf)
         items.append(str(f))
-        raw_labels.append(r["label"])
+        raw_labels.append(r["label"] if labelled else MASK_LABELS[bool(m)])
         patients.append(r.get("patient_id", ""))
         splits.append(split)
         masks.append(m or None)
@@ -317,7 +323,7 @@ def load_manifest(path: str | Path, class_names: Sequence[str] | None = None) ->
         unknown = sorted(set(raw_labels) - set(class_names))
         if unknown:
             raise DataError(f"unknown label(s) {', '.join(unknown)}; the model knows {', '.join(class_names)}", path)
-    if len(class_names) < 2:
+    if labelled and len(class_names) < 2:
         raise DataError(f"only one label value ({class_names[0]}); need at least two classes", path)
     index = {n: i for i, n in enumerate(class_names)}
     labels = np.asarray([index[v] for v in raw_labels], dtype=int)

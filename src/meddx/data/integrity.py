@@ -149,6 +149,9 @@ def check_classes(ds: Dataset, splits: np.ndarray | None, allow_rare: bool = Fal
         if why:
             raise DataError(f"label {ascii(n)} {why}; fix the label (a stray newline or tab in the manifest?)",
                             ds.source)
+    if ds.task != "multilabel" and len(ds.class_names) < 2:
+        raise DataError(f"only one class ({ds.class_names[0] if ds.class_names else 'none'}); a classifier needs at "
+                        "least two (a manifest without a label column is for --task segmentation)", ds.source)
     if allow_rare or ds.task == "multilabel":
         return
     labels = np.asarray(ds.labels).astype(int)

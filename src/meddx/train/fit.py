@@ -13,7 +13,7 @@ import logging
 import math
 import shutil
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -201,23 +201,33 @@ def _clear_run_dir(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
-def check_run_dir(run_dir: Path, overwrite: bool, settings: dict[str, Any] | None = None) -> bool:
-    """True when resuming an interrupted run; refuses to clobber a finished one. With `settings` (the
-    run's configuration), an interrupted run started with other settings is not resumed: it is an error,
-    or with `overwrite` started again; the settings are written to resume.json for the next check."""
+@dataclass(frozen=True)
+class RunClaim:
+    """What `check_run_dir` decided for a RUN folder; nothing is written until `claim_run_dir` carries it out."""
+
+    run_dir: Path
+    resuming: bool  # an interrupted run with the same settings: training continues from its checkpoint
+    clear: bool  # --overwrite: the finished (or mismatched interrupted) run there is removed when claimed
+    settings: dict[str, Any] | None  # written to resume.json when a new run starts
+
+
+def check_run_dir(run_dir: Path, overwrite: bool, settings: dict[str, Any] | None = None) -> RunClaim:
+    """Decide, writing nothing, whether training resumes, starts afresh or is refused: a finished run is
+    refused without `overwrite`; with `settings` (the run's configuration) an interrupted run started with
+    other settings is refused too, or with `overwrite` started again. Call it before reading DATA (a refusal
+    costs nothing) and `claim_run_dir` after DATA passed its checks (bad data then leaves the folder as it was)."""
+    clear = False
     if (run_dir / RUN_FILE).exists():
         if not overwrite:
             raise ConfigError(f"{run_dir}: already holds a trained model (run.json); use another --out or --overwrite")
-        _clear_run_dir(run_dir)
-        resuming = False
+        clear, resuming = True, False
     else:
         from meddx.train.checkpoints import CheckpointStore
 
         resuming = CheckpointStore(run_dir).exists() or (run_dir / "backup").is_dir()
-    if settings is None:
-        return resuming
-    now = {k: v for k, v in json.loads(json.dumps(settings, default=str)).items() if k not in RESUME_FREE}
-    if resuming:
+    now = None if settings is None else {k: v for k, v in json.loads(json.dumps(settings, default=str)).items()
+                                         if k not in RESUME_FREE}
+    if resuming and now is not None:
         try:
             before = json.loads((run_dir / RESUME_FILE).read_text())
         except (OSError, ValueError):
@@ -231,12 +241,20 @@ def check_run_dir(run_dir: Path, overwrite: bool, settings: dict[str, Any] | Non
             if not overwrite:
                 raise ConfigError(f"{run_dir}: holds an interrupted run that cannot be resumed ({what}); "
                                   "use the same settings, another --out, or --overwrite to start again")
-            _clear_run_dir(run_dir)
-            resuming = False
-    if not resuming:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / RESUME_FILE, now)
-    return resuming
+            clear, resuming = True, False
+    return RunClaim(run_dir, resuming, clear, now)
+
+
+def claim_run_dir(claim: RunClaim) -> bool:
+    """Carry out `check_run_dir`'s decision (clear what --overwrite replaces, make the folder, record the
+    settings in resume.json for the next check); True when resuming."""
+    if claim.clear:
+        _clear_run_dir(claim.run_dir)
+    if not claim.resuming:
+        claim.run_dir.mkdir(parents=True, exist_ok=True)
+        if claim.settings is not None:
+            atomic_write_json(claim.run_dir / RESUME_FILE, claim.settings)
+    return claim.resuming
 
 
 def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None = None, overwrite: bool = False,
@@ -246,7 +264,9 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
     log = log or LOGGER.info
     cfg = with_defaults(cfg or TrainConfig(), CLASSIFIER_DEFAULTS)  # run.json records what was used
     run_dir = Path(out)
-    settings = {**cfg.to_dict(), "data": str(getattr(data, "source", data))}
+    # a finished RUN is refused before DATA is read; the folder is claimed only once DATA has been read
+    # and checked and the model built, so bad data or options leave it as it was (--overwrite included)
+    claim = check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "data": str(getattr(data, "source", data))})
     from meddx.train.devices import make_strategy
 
     dist = make_strategy(cfg.devices)  # first: logical CPU devices must exist before TensorFlow initialises
@@ -261,9 +281,6 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
         raise ConfigError(f"model '{cfg.model}' is a segmentation network; use --task segmentation")
     cfg = replace(cfg, class_weights=class_weights_for(cfg, default=False))  # run.json records what was used
     splits, tr, va = split_cases(ds, cfg, log)
-    # the RUN folder is made only once DATA has passed its checks: bad data leaves nothing behind
-    resuming = check_run_dir(run_dir, overwrite, settings)
-    run_dir.mkdir(parents=True, exist_ok=True)
     summary = describe(ds, splits)
     log(format_summary(summary, cfg.class_weights))
 
@@ -290,6 +307,7 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
 
     order = EpochOrder(len(x_tr), cfg.seed)  # data order and augmentation keyed by epoch: resumes replay exactly
     train_ds = make_tf_dataset(x_tr, y_tr, batch, cfg.seed, augmenter, sample_weight=weights, order=order)
+    resuming = claim_run_dir(claim)
     what = cfg.model if cfg.members == 1 else f"an ensemble of {cfg.members} {cfg.model} models side by side"
     log(f"training {what} for up to {epochs} epochs ({len(tr)} train / {len(va)} val cases, "
         f"batch {batch}{f' over {dist.replicas} devices' if dist.replicas > 1 else ''}, "

@@ -56,16 +56,17 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
         raise ConfigError(f"model '{cfg.model}' is a classifier; --task segmentation needs a segmentation model (unet)")
     run_dir = Path(out)
     from meddx.data.integrity import case_hashes, check_mask_shapes, check_no_duplicates, content_groups
-    from meddx.train.fit import _read_history, check_run_dir, configure_tensorflow, model_channels, write_run_folder
+    from meddx.train.fit import (_read_history, check_run_dir, claim_run_dir, configure_tensorflow, model_channels,
+                                 write_run_folder)
     from meddx.transforms.prepare import materialise, probe_item
 
-    # DATA is read and checked before the RUN folder exists: a missing or malformed manifest writes nothing
+    # a finished RUN is refused before DATA is read; the folder is claimed only once DATA has been read and
+    # checked and the model built, so a missing or malformed manifest leaves it as it was (--overwrite included)
+    claim = check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "base_filters": base_filters, "depth": depth,
+                                               "data": str(getattr(data, "source", data))})
     ds = load_segmentation_dataset(data)
     check_mask_shapes(ds)  # a mask of another size than its image is an error, never resized to fit
     ndim, channels, native = probe_item(ds)
-    resuming = check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "base_filters": base_filters, "depth": depth,
-                                                  "data": str(getattr(data, "source", data))})
-    run_dir.mkdir(parents=True, exist_ok=True)
     stacks = ndim == 2 and is_slice_stacks(ds)  # the recipe (and with it the validation fraction) comes first
     cfg = with_defaults(cfg, SLICE_STACK_SEGMENTATION_DEFAULTS if stacks else IMAGE_SEGMENTATION_DEFAULTS)
 
@@ -182,6 +183,7 @@ def train_segmenter(data: str | Path | Dataset, out: str | Path, cfg: TrainConfi
             logs["val_dice"] = d_all
             logs["val_dice_lesion"] = d_les
 
+    resuming = claim_run_dir(claim)
     # best weights, early stopping, time budget and the crash-safe per-epoch state (train/checkpoints.py);
     # without a validation split the last epoch is the best
     best = make_checkpointer(run_dir, "val_dice" if selecting else None, cfg.patience if selecting else None,

@@ -26,8 +26,8 @@ from meddx.data.sequences import pad_sequences
 from meddx.errors import ConfigError, DataError, naming
 from meddx.models.runtime import configure_tensorflow
 from meddx.train.config import CLASSIFIER_DEFAULTS, TrainConfig, auto_epochs, class_weights_for, with_defaults
-from meddx.train.fit import (_make_callbacks, _read_history, check_run_dir, class_sample_weights, encode_labels,
-                             make_tf_dataset, model_channels, split_cases, write_run_folder,
+from meddx.train.fit import (_make_callbacks, _read_history, check_run_dir, claim_run_dir, class_sample_weights,
+                             encode_labels, make_tf_dataset, model_channels, split_cases, write_run_folder,
                              compile_model, fit_model, log_done, threshold_prior, validation_results)
 from meddx.transforms.frames import check_frames, read_study, sequence_input
 
@@ -184,7 +184,9 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     check_one_kind(ds)
     run_dir = Path(out)
-    settings = {**cfg.to_dict(), "data": str(getattr(data, "source", data))}
+    # refused (a finished RUN) before any study is read; claimed once every study has been read and the
+    # model built, so a damaged video leaves the folder as it was
+    claim = check_run_dir(run_dir, overwrite, {**cfg.to_dict(), "data": str(getattr(data, "source", data))})
     configure_tensorflow(cfg.threads, cfg.seed)
     if ds.task == "multilabel":
         raise ConfigError("sequence models support binary and multi-class labels, not multi-label", ds.source)
@@ -198,8 +200,6 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
     t_read = time.monotonic()
     x_tr, x_va = read_sequences(ds, tr, prep, cfg), read_sequences(ds, va, prep, cfg)
     log(f"read {len(tr) + len(va)} studies in {time.monotonic() - t_read:.0f} s")
-    # the RUN folder is made only once every study has been read: a damaged video leaves nothing behind
-    resuming = check_run_dir(run_dir, overwrite, settings)
     y_all = encode_labels(ds)
     y_tr, y_va = y_all[tr], y_all[va]
 
@@ -218,6 +218,7 @@ def train_sequence_classifier(data: str | Path | Dataset, out: str | Path, cfg: 
     order = EpochOrder(len(x_tr), cfg.seed)  # epoch-keyed order and augmentation: a resumed run replays exactly
     train_ds = make_tf_dataset(x_tr, y_tr, batch, cfg.seed, augmenter, sample_weight=weights, sequences=True,
                                order=order)
+    resuming = claim_run_dir(claim)
     log(f"training {cfg.model} for up to {epochs} epochs ({len(tr)} train / {len(va)} val studies, batch {batch}, "
         f"augment {cfg.augment}, {'resuming' if resuming else 'new run'}) -> {run_dir}")
     callbacks = _make_callbacks(run_dir, x_va, y_va, ds.task, cfg.patience, cfg.max_minutes, batch, order=order)
