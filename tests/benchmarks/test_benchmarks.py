@@ -152,3 +152,25 @@ def test_run_all_quick(tmp_path: Path) -> None:
     if (tmp_path / "reading.json").is_file() and "rows" in json.loads((tmp_path / "reading.json").read_text()):
         rows = json.loads((tmp_path / "reading.json").read_text())["rows"]
         assert all(r["equal_to_SimpleITK"] for r in rows)
+
+
+def test_combine_scores_each_run_and_their_mean(tmp_path: Path) -> None:
+    """--combine: patient Dice of each run's saved held-out probabilities and of their mean (an ensemble)."""
+    import json
+
+    import numpy as np
+
+    from segmentation_lgg import combine
+
+    truth = np.zeros((2, 16, 16), bool)
+    truth[:, 4:10, 4:10] = True  # one 6x6 lesion on both slices of patient p
+    for name, p_lesion in (("A", 0.9), ("B", 0.2)):
+        (tmp_path / name / "fold0").mkdir(parents=True)
+        probs = np.where(truth, p_lesion, 0.05).astype(np.float16)
+        np.savez(tmp_path / name / "fold0" / "probs.npz", probs=probs, probs_tta=probs, truths=truth,
+                 patients=np.array(["p", "p"]), names=np.array(["p_1.png", "p_2.png"]))
+    assert combine([tmp_path / "A", tmp_path / "B"], 5) == 0
+    means = json.loads((tmp_path / "A" / "combine.json").read_text())["mean"]
+    assert means[str(tmp_path / "A")] == pytest.approx(1.0) and means[str(tmp_path / "B")] == pytest.approx(0.0)
+    assert means["mean of the runs"] == pytest.approx(1.0)  # (0.9 + 0.2) / 2 >= 0.5
+    assert combine([tmp_path / "A", tmp_path / "missing"], 5) == 1
