@@ -123,3 +123,11 @@ def test_segmenter_on_bad_data_makes_no_folder(tmp_path: Path, capsys: pytest.Ca
     code = main(["train", str(manifest), "--task", "segmentation", "--epochs", "1", "--out", str(tmp_path / "RUN")])
     _one_error(code, capsys.readouterr().err, "img5.png")
     assert not (tmp_path / "RUN").exists()
+
+
+@pytest.mark.parametrize("out", ["afile", "afile/RUN"])
+def test_out_naming_a_file_is_refused_before_data_is_read(tmp_path: Path, out: str) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"afile: is a file, not a folder"):
+        check_run_dir(tmp_path / out, overwrite=True, settings={"seed": 0})
+    assert (tmp_path / "afile").read_text() == "not a folder"

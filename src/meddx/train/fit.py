@@ -217,6 +217,11 @@ def check_run_dir(run_dir: Path, overwrite: bool, settings: dict[str, Any] | Non
     other settings is refused too, or with `overwrite` started again. Call it before reading DATA (a refusal
     costs nothing) and `claim_run_dir` after DATA passed its checks (bad data then leaves the folder as it was)."""
     clear = False
+    for folder in (run_dir, *run_dir.parents):  # the nearest existing one must be a folder to make RUN in
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"{folder}: is a file, not a folder; --out names the RUN folder to write")
+            break
     if (run_dir / RUN_FILE).exists():
         if not overwrite:
             raise ConfigError(f"{run_dir}: already holds a trained model (run.json); use another --out or --overwrite")
