@@ -288,7 +288,6 @@ def _score(ds, args, run_dir: Path, eval_dir: Path) -> dict:
 
 def single_split(cfg, args, out: Path) -> int:
     """The default patient-grouped train/val/test split (seed 0): train once, score the test patients."""
-    from meddx.data.lgg import paired_folder_dataset
     from meddx.data.splits import assign_splits
 
     load0 = os.getloadavg()

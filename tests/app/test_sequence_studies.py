@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("keras")
 
 from meddx.cli import main  # noqa: E402
+from tests.files import write_manifest  # noqa: E402
 
 SMALL = ["--frames", "4", "--image-size", "16", "--epochs", "2", "--seed", "0"]
 
@@ -36,14 +37,6 @@ def _slices(folder: Path, present: bool, rng: np.random.Generator, n: int = 6, s
     return folder
 
 
-def _manifest(path: Path, rows: list[dict[str, str]]) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, ["path", "label", "patient_id"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 @pytest.fixture(scope="module")
 def stacks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """manifest.csv of 20 slice folders (10 patients x {absent, present})."""
@@ -54,7 +47,7 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for label in ("absent", "present"):
             _slices(root / f"p{p:02d}_{label}", label == "present", rng)
             rows.append({"path": f"p{p:02d}_{label}", "label": label, "patient_id": f"P{p:02d}"})
-    return _manifest(root / "manifest.csv", rows)
+    return write_manifest(root / "manifest.csv", rows)
 
 
 @pytest.fixture(scope="module")
@@ -169,10 +162,10 @@ def test_mixed_manifest_is_one_clear_error(stacks: Path, tmp_path: Path, capsys:
 
     still = tmp_path / "still.png"
     PILImage.fromarray(np.full((24, 24), 80, np.uint8)).save(still)
-    mixed = _manifest(tmp_path / "mixed.csv",
-                      [{"path": str(stacks.parent / f"p{p:02d}_{label}"), "label": label, "patient_id": f"P{p}"}
-                       for p in range(3) for label in ("absent", "present")]
-                      + [{"path": str(still), "label": "absent", "patient_id": "P9"}])
+    mixed = write_manifest(tmp_path / "mixed.csv",
+                           [{"path": str(stacks.parent / f"p{p:02d}_{label}"), "label": label, "patient_id": f"P{p}"}
+                            for p in range(3) for label in ("absent", "present")]
+                           + [{"path": str(still), "label": "absent", "patient_id": "P9"}])
     for extra in ([], ["--model", "lstm"], ["--model", "cnn"]):
         out = tmp_path / f"RUN{len(extra)}{extra[-1] if extra else ''}"
         code = main(["train", str(mixed), *SMALL, "--out", str(out), *extra])
@@ -193,9 +186,9 @@ def test_mixed_manifest_through_the_python_api(stacks: Path, tmp_path: Path) -> 
     from PIL import Image as PILImage
 
     PILImage.fromarray(np.full((24, 24), 80, np.uint8)).save(still)
-    mixed = _manifest(tmp_path / "mixed.csv", [{"path": str(still), "label": "absent", "patient_id": "A"},
-                                                {"path": str(stacks.parent / "p00_present"), "label": "present",
-                                                 "patient_id": "B"}])
+    mixed = write_manifest(tmp_path / "mixed.csv", [{"path": str(still), "label": "absent", "patient_id": "A"},
+                                                     {"path": str(stacks.parent / "p00_present"), "label": "present",
+                                                      "patient_id": "B"}])
     with pytest.raises(DataError, match="mixes sequences and single images"):
         meddx.train(mixed, epochs=1, out=tmp_path / "R1")
     with pytest.raises(DataError, match="mixes sequences and single images"):

@@ -5,7 +5,6 @@ size, and run.json that does not describe its model. Each must be one `meddx: er
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -19,23 +18,9 @@ from meddx.data.integrity import (bad_label_reason, case_hashes, check_classes, 
                                   check_no_duplicates, content_hash)
 from meddx.errors import DataError, InputError
 from meddx.train.config import TrainConfig
+from tests.files import write_manifest, write_png
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "runs" / "demo_cls"
-
-
-def _png(path: Path, seed: int, size: int = 64) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(path)
-    return path
-
-
-def _manifest(path: Path, rows: list[dict[str, str]]) -> Path:
-    with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def _cli(argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -67,28 +52,28 @@ def _split_cases(ds: Dataset, **cfg: object):
 # -- train time: leaks between splits --------------------------------------------------------------------------
 
 def test_duplicated_manifest_row_is_refused_naming_both(tmp_path: Path) -> None:
-    rows = [{"path": str(_png(tmp_path / f"i{i}.png", i)), "label": "ab"[i % 2]} for i in range(20)]
+    rows = [{"path": str(write_png(tmp_path / f"i{i}.png", i)), "label": "ab"[i % 2]} for i in range(20)]
     rows.append(dict(rows[3]))
-    ds = load_dataset(_manifest(tmp_path / "m.csv", rows))
+    ds = load_dataset(write_manifest(tmp_path / "m.csv", rows))
     with pytest.raises(DataError, match=r"listed twice: .*i3\.png and .*i3\.png"):
         _split_cases(ds)
 
 
 def test_cli_train_on_a_refused_manifest_writes_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    rows = [{"path": str(_png(tmp_path / f"i{i}.png", i)), "label": "ab"[i % 2]} for i in range(20)]
+    rows = [{"path": str(write_png(tmp_path / f"i{i}.png", i)), "label": "ab"[i % 2]} for i in range(20)]
     rows.append(dict(rows[3]))
-    rc, err = _cli(["train", str(_manifest(tmp_path / "m.csv", rows)), "--epochs", "1",
+    rc, err = _cli(["train", str(write_manifest(tmp_path / "m.csv", rows)), "--epochs", "1",
                     "--out", str(tmp_path / "RUN")], capfd)
     _one_line_error(rc, err, "m.csv", "listed twice")
     assert not (tmp_path / "RUN").exists()  # not even resume.json: the RUN folder is made after DATA's checks
 
 
 def test_copy_under_another_name_in_train_and_test_is_refused(tmp_path: Path) -> None:
-    rows = [{"path": str(_png(tmp_path / f"i{i}.png", i)), "label": "ab"[i % 2],
+    rows = [{"path": str(write_png(tmp_path / f"i{i}.png", i)), "label": "ab"[i % 2],
              "split": "train" if i < 14 else ("val" if i < 17 else "test")} for i in range(20)]
     shutil.copy(tmp_path / "i2.png", tmp_path / "renamed_copy.png")
     rows.append({"path": str(tmp_path / "renamed_copy.png"), "label": "a", "split": "test"})
-    ds = load_dataset(_manifest(tmp_path / "m.csv", rows))
+    ds = load_dataset(write_manifest(tmp_path / "m.csv", rows))
     with pytest.raises(DataError, match=r"identical content in two splits: .*i2\.png \(train\) and .*renamed_copy"):
         _split_cases(ds)
 
@@ -96,7 +81,7 @@ def test_copy_under_another_name_in_train_and_test_is_refused(tmp_path: Path) ->
 def test_copies_stay_together_when_meddx_draws_the_splits(tmp_path: Path) -> None:
     """No split column: the copies (different names, different 'patients') are joined, never split apart."""
     for i in range(40):
-        _png(tmp_path / "data" / "ab"[i % 2] / f"i{i}.png", i)
+        write_png(tmp_path / "data" / "ab"[i % 2] / f"i{i}.png", i)
     for k in range(5):  # five copies of one case scattered over names
         shutil.copy(tmp_path / "data" / "a" / "i0.png", tmp_path / "data" / "a" / f"zz_copy{k}.png")
     ds = load_dataset(tmp_path / "data")
@@ -134,7 +119,7 @@ def test_content_hash_sees_content_not_names_or_dtype_tricks(tmp_path: Path) -> 
     assert content_hash(a) == content_hash(a.copy())
     assert content_hash(a) != content_hash(a.astype(np.uint16))  # same values, another dtype: another case
     assert content_hash(a) != content_hash(a.reshape(2, 8))
-    f1, f2 = _png(tmp_path / "x.png", 1), tmp_path / "y.png"
+    f1, f2 = write_png(tmp_path / "x.png", 1), tmp_path / "y.png"
     shutil.copy(f1, f2)
     assert content_hash(f1) == content_hash(f2)
     (tmp_path / "series").mkdir()
@@ -148,12 +133,12 @@ def _class_ds(tmp_path: Path, counts: dict[str, int], patients: bool = False) ->
     rows, k = [], 0
     for label, n in counts.items():
         for _ in range(n):
-            row = {"path": str(_png(tmp_path / f"c{k}.png", k, size=16)), "label": label}
+            row = {"path": str(write_png(tmp_path / f"c{k}.png", k, size=16)), "label": label}
             if patients:
                 row["patient_id"] = f"p{k}"
             rows.append(row)
             k += 1
-    return load_dataset(_manifest(tmp_path / "m.csv", rows))
+    return load_dataset(write_manifest(tmp_path / "m.csv", rows))
 
 
 @pytest.mark.parametrize("n_rare", [1, 2, 4])
@@ -183,9 +168,9 @@ def test_labels_with_control_characters_are_errors(tmp_path: Path, label: str) -
 
 
 def test_manifest_label_with_an_embedded_newline_fails_train_in_one_line(tmp_path: Path, capfd) -> None:
-    rows = [{"path": str(_png(tmp_path / f"i{i}.png", i, size=16)), "label": ["normal", "tu\nmour"][i % 2]}
+    rows = [{"path": str(write_png(tmp_path / f"i{i}.png", i, size=16)), "label": ["normal", "tu\nmour"][i % 2]}
             for i in range(30)]
-    m = _manifest(tmp_path / "m.csv", rows)
+    m = write_manifest(tmp_path / "m.csv", rows)
     rc, err = _cli(["train", str(m), "--out", str(tmp_path / "run"), "--epochs", "1"], capfd)
     _one_line_error(rc, err, "m.csv", "control character '\\n'")
     assert not (tmp_path / "run" / "run.json").exists()
@@ -194,8 +179,8 @@ def test_manifest_label_with_an_embedded_newline_fails_train_in_one_line(tmp_pat
 def test_rare_class_fails_train_in_one_line(tmp_path: Path, capfd) -> None:
     ds_dir = tmp_path / "d"
     for i in range(40):
-        _png(ds_dir / ("normal" if i % 2 else "pneumonia") / f"{i}.png", i, size=16)
-    _png(ds_dir / "tumour" / "only.png", 99, size=16)
+        write_png(ds_dir / ("normal" if i % 2 else "pneumonia") / f"{i}.png", i, size=16)
+    write_png(ds_dir / "tumour" / "only.png", 99, size=16)
     rc, err = _cli(["train", str(ds_dir), "--out", str(tmp_path / "run"), "--epochs", "1"], capfd)
     _one_line_error(rc, err, "class 'tumour' has only 1 case", "--allow-rare-classes")
 
@@ -204,7 +189,7 @@ def test_rare_class_fails_train_in_one_line(tmp_path: Path, capfd) -> None:
 
 @pytest.mark.parametrize("mask_size", [(32, 32), (64, 63), (128, 128)])
 def test_mask_of_another_size_is_an_error_not_resized(tmp_path: Path, mask_size: tuple[int, int]) -> None:
-    img = _png(tmp_path / "img.png", 1)
+    img = write_png(tmp_path / "img.png", 1)
     mask = tmp_path / "img_mask.png"
     Image.fromarray(np.zeros(mask_size, np.uint8)).save(mask)
     ds = Dataset(items=[str(img)], labels=np.zeros(1, int), class_names=["a", "b"], task="binary",
@@ -218,11 +203,11 @@ def test_mask_of_another_size_is_an_error_not_resized(tmp_path: Path, mask_size:
 def test_segmentation_training_refuses_a_wrong_size_mask_in_one_line(tmp_path: Path, capfd) -> None:
     rows = []
     for i in range(12):
-        img = _png(tmp_path / f"i{i}.png", i, size=32)
+        img = write_png(tmp_path / f"i{i}.png", i, size=32)
         m = tmp_path / f"i{i}_mask.png"
         Image.fromarray(np.zeros((32, 32) if i != 7 else (16, 16), np.uint8)).save(m)
         rows.append({"path": str(img), "label": str(i % 2), "mask": str(m), "patient_id": f"p{i}"})
-    man = _manifest(tmp_path / "m.csv", rows)
+    man = write_manifest(tmp_path / "m.csv", rows)
     rc, err = _cli(["train", str(man), "--task", "segmentation", "--out", str(tmp_path / "run"), "--epochs", "1"],
                    capfd)
     _one_line_error(rc, err, "i7_mask.png", "16x16", "32x32")
@@ -234,7 +219,7 @@ def _data_and_run(tmp_path: Path, n: int = 24, train_counts: dict[str, int] | No
     """A folder DATA (lesion/, normal/) and a RUN (the demo classifier) whose splits.csv records, by content hash,
     the first half as train, then val, the rest test -- a split no redraw would give."""
     data = tmp_path / "data"
-    files = [_png(data / ("lesion" if i % 2 else "normal") / f"{i:03d}.png", i) for i in range(n)]
+    files = [write_png(data / ("lesion" if i % 2 else "normal") / f"{i:03d}.png", i) for i in range(n)]
     run = tmp_path / "run"
     shutil.copytree(FIXTURE, run)
     info = json.loads((run / "run.json").read_text())
@@ -258,7 +243,7 @@ def test_evaluate_uses_the_runs_recorded_split(tmp_path: Path) -> None:
     m = evaluate_run(run, data, tmp_path / "out", split="test", log=lambda s: None)
     assert m["n"] == 24 - 12 - 4  # exactly the recorded test cases
     # a case added to DATA since training counts as test (and is said so); the recorded ones keep their split
-    _png(data / "lesion" / "new.png", 1000)
+    write_png(data / "lesion" / "new.png", 1000)
     logs: list[str] = []
     m = evaluate_run(run, data, tmp_path / "out2", split="test", log=logs.append)
     assert m["n"] == 9 and any("not in the RUN's splits.csv" in s for s in logs)
@@ -281,7 +266,7 @@ def test_evaluate_refuses_a_test_set_made_of_training_cases(tmp_path: Path, capf
     data, run = _data_and_run(tmp_path)
     rows = [{"path": str(f), "label": f.parent.name, "split": "test"}
             for f in sorted((data / "normal").glob("00*.png"))[:3]]  # recorded train cases, relabelled test
-    man = _manifest(tmp_path / "all_train.csv", rows)
+    man = write_manifest(tmp_path / "all_train.csv", rows)
     rc, err = _cli(["evaluate", str(run), str(man), "--out", str(tmp_path / "out")], capfd)
     _one_line_error(rc, err, "all_train.csv", "every test case is a case the RUN trained on")
     assert not (tmp_path / "out" / "metrics.json").exists()
@@ -302,11 +287,11 @@ def test_evaluate_leaves_out_a_validation_copy_and_marks_all(tmp_path: Path) -> 
 def _external(tmp_path: Path, copy_of: Path, seed: int) -> Path:
     """An external test set (manifest, every case split 'test') of 8 new cases plus a renamed copy of `copy_of`."""
     other = tmp_path / "external"
-    rows = [{"path": str(_png(other / f"ext{i}.png", seed + i)), "label": "lesion" if i % 2 else "normal",
+    rows = [{"path": str(write_png(other / f"ext{i}.png", seed + i)), "label": "lesion" if i % 2 else "normal",
              "split": "test"} for i in range(8)]
     shutil.copy(copy_of, other / "renamed.png")
     rows.append({"path": str(other / "renamed.png"), "label": copy_of.parent.name, "split": "test"})
-    return _manifest(tmp_path / "external.csv", rows)
+    return write_manifest(tmp_path / "external.csv", rows)
 
 
 def test_evaluate_refuses_a_label_never_seen_in_training(tmp_path: Path, capfd) -> None:
@@ -317,7 +302,7 @@ def test_evaluate_refuses_a_label_never_seen_in_training(tmp_path: Path, capfd) 
 
 def test_evaluate_refuses_an_unknown_label_folder(tmp_path: Path, capfd) -> None:
     data, run = _data_and_run(tmp_path)
-    _png(data / "tumour" / "t.png", 3)
+    write_png(data / "tumour" / "t.png", 3)
     rc, err = _cli(["evaluate", str(run), str(data), "--out", str(tmp_path / "out")], capfd)
     _one_line_error(rc, err, "unknown class folder(s) tumour")
 
@@ -348,7 +333,7 @@ def test_run_json_that_does_not_match_its_model_is_refused(tmp_path: Path, capfd
     with pytest.raises(InputError) as exc:
         load(run)
     assert str(exc.value).startswith(f"{run / 'run.json'}: ") and needle in str(exc.value), str(exc.value)
-    _png(tmp_path / "x.png", 0)
+    write_png(tmp_path / "x.png", 0)
     rc, err = _cli(["predict", str(run), str(tmp_path / "x.png"), "--out", str(tmp_path / "out")], capfd)
     _one_line_error(rc, err, f"{run / 'run.json'}: ", needle)
 
@@ -370,7 +355,7 @@ def test_hashes_of_a_dataset_are_stable(tmp_path: Path) -> None:
 def test_one_file_under_two_labels_is_refused(tmp_path: Path) -> None:
     """The same image filed as 'normal' and as 'lesion' (a copy in the wrong class folder)."""
     for i in range(30):
-        _png(tmp_path / "data" / ("lesion" if i % 2 else "normal") / f"{i}.png", i, size=16)
+        write_png(tmp_path / "data" / ("lesion" if i % 2 else "normal") / f"{i}.png", i, size=16)
     shutil.copy(tmp_path / "data" / "normal" / "0.png", tmp_path / "data" / "lesion" / "dup.png")
     with pytest.raises(DataError, match=r"identical content with two labels: .*dup\.png \('lesion'\) and .*0\.png "
                                         r"\('normal'\)|identical content with two labels: .*0\.png \('normal'\) and "

@@ -20,7 +20,7 @@ from meddx.cli import main
 from meddx.io import read_image
 
 from tests.conftest import require
-from tests.faults.hostile_cases import DEMO_CLS, dicom, png, series
+from tests.faults.hostile_cases import DEMO_CLS, png, series
 
 PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDescription", "SeriesDescription",
                 "ProtocolName", "InstitutionName", "AccessionNumber", "ReferringPhysicianName", "StudyDate")

@@ -10,7 +10,7 @@ import pytest
 
 from meddx.report import confidence_statement, render_batch, render_study_report
 
-from .conftest import gaussian_blob, pdf_first_page_nonblank, pdf_text, phi_strings, run_info
+from .conftest import pdf_first_page_nonblank, pdf_text, phi_strings, run_info
 
 
 def _all_names(folder: Path) -> str:

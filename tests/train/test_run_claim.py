@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from meddx.errors import ConfigError
 from meddx.train.fit import RESUME_FILE, check_run_dir, claim_run_dir
+from tests.files import write_manifest, write_png
 
 
 def _finished_run(run: Path) -> dict[str, bytes]:
@@ -25,18 +23,6 @@ def _finished_run(run: Path) -> dict[str, bytes]:
     return files
 
 
-def _png(path: Path, seed: int, size: int = 32, mask: bool = False) -> Path:
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if mask:
-        a = np.zeros((size, size), np.uint8)
-        a[8 + seed % 8: 16 + seed % 8, 8:20] = 255
-    else:
-        a = rng.integers(0, 255, (size, size), dtype=np.uint8)
-    Image.fromarray(a).save(path)
-    return path
-
-
 def _truncate(path: Path) -> None:
     """Keep the PNG header (size, mode still read) and cut the pixel data: only decoding fails."""
     path.write_bytes(path.read_bytes()[:80])
@@ -46,20 +32,12 @@ def _split(i: int) -> str:
     return "train" if i < 10 else ("val" if i < 13 else "test")
 
 
-def _manifest(path: Path, rows: list[dict[str, str]]) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def _segmentation_manifest(tmp_path: Path) -> Path:
     """12 image/mask pairs with given splits; img5 (a training image) cannot be decoded."""
-    rows = [{"path": str(_png(tmp_path / f"img{i}.png", i)),
-             "mask": str(_png(tmp_path / f"img{i}_mask.png", i, mask=True)), "split": _split(i)} for i in range(16)]
+    rows = [{"path": str(write_png(tmp_path / f"img{i}.png", i, size=32)),
+             "mask": str(write_png(tmp_path / f"img{i}_mask.png", i, size=32, mask=True)), "split": _split(i)} for i in range(16)]
     _truncate(tmp_path / "img5.png")
-    return _manifest(tmp_path / "seg.csv", rows)
+    return write_manifest(tmp_path / "seg.csv", rows)
 
 
 def _one_error(code: int, err: str, needle: str) -> None:
@@ -92,12 +70,12 @@ def test_classifier_overwrite_with_undecodable_image_keeps_the_finished_run(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from meddx.cli import main
 
-    rows = [{"path": str(_png(tmp_path / f"i{i}.png", i)), "label": "ab"[i % 2], "split": _split(i)}
+    rows = [{"path": str(write_png(tmp_path / f"i{i}.png", i, size=32)), "label": "ab"[i % 2], "split": _split(i)}
             for i in range(16)]
     _truncate(tmp_path / "i7.png")  # a training case: training reads it
     run = tmp_path / "RUN"
     before = _finished_run(run)
-    code = main(["train", str(_manifest(tmp_path / "m.csv", rows)), "--epochs", "1", "--out", str(run),
+    code = main(["train", str(write_manifest(tmp_path / "m.csv", rows)), "--epochs", "1", "--out", str(run),
                  "--overwrite"])
     _one_error(code, capsys.readouterr().err, "i7.png")
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before

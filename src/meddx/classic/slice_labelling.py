@@ -34,9 +34,7 @@ from meddx.data.sequences import zscore_against
 
 __all__ = ["HMMSmoother", "CRFSmoother", "lesion_runs", "lesion_extent", "frame_features", "sequence_f1",
            "slice_feature_matrix", "hyperintensity_features", "tune_crf", "lesion_pixel_features",
-           "PixelLesionScorer", "out_of_fold_slice_features", "TreeEnsemble", "LinearChainCRF",
-           "LinearSliceClassifier", "export_scorer", "load_scorer", "export_linear", "export_smoother", "load_smoother",
-           "slice_prf", "stack_frames", "resize_masks"]
+           "PixelLesionScorer", "out_of_fold_slice_features", "slice_prf", "stack_frames", "resize_masks"]
 
 _EPS = 1e-4
 

@@ -157,7 +157,7 @@ def thumbnail(x: np.ndarray, side: int = THUMB) -> np.ndarray:
     """(N, side^d * C + 2) input-space descriptor of preprocessed inputs: block means on a side^d grid per channel,
     plus each input's mean and standard deviation."""
     x = np.asarray(x, dtype=np.float64)
-    n, spatial, c = len(x), x.shape[1:-1], x.shape[-1]
+    n, spatial = len(x), x.shape[1:-1]
     idx = [np.linspace(0, s, side + 1).astype(int) for s in spatial]
     blocks = []
     if len(spatial) == 2:

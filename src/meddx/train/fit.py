@@ -208,13 +208,13 @@ class RunClaim:
     run_dir: Path
     resuming: bool  # an interrupted run with the same settings: training continues from its checkpoint
     clear: bool  # --overwrite: the finished (or mismatched interrupted) run there is removed when claimed
-    settings: dict[str, Any] | None  # written to resume.json when a new run starts
+    settings: dict[str, Any]  # written to resume.json when a new run starts
 
 
-def check_run_dir(run_dir: Path, overwrite: bool, settings: dict[str, Any] | None = None) -> RunClaim:
+def check_run_dir(run_dir: Path, overwrite: bool, settings: dict[str, Any]) -> RunClaim:
     """Decide, writing nothing, whether training resumes, starts afresh or is refused: a finished run is
-    refused without `overwrite`; with `settings` (the run's configuration) an interrupted run started with
-    other settings is refused too, or with `overwrite` started again. Call it before reading DATA (a refusal
+    refused without `overwrite`; an interrupted run started with other `settings` (the run's configuration)
+    is refused too, or with `overwrite` started again. Call it before reading DATA (a refusal
     costs nothing) and `claim_run_dir` after DATA passed its checks (bad data then leaves the folder as it was)."""
     clear = False
     for folder in (run_dir, *run_dir.parents):  # the nearest existing one must be a folder to make RUN in
@@ -230,9 +230,8 @@ def check_run_dir(run_dir: Path, overwrite: bool, settings: dict[str, Any] | Non
         from meddx.train.checkpoints import CheckpointStore
 
         resuming = CheckpointStore(run_dir).exists() or (run_dir / "backup").is_dir()
-    now = None if settings is None else {k: v for k, v in json.loads(json.dumps(settings, default=str)).items()
-                                         if k not in RESUME_FREE}
-    if resuming and now is not None:
+    now = {k: v for k, v in json.loads(json.dumps(settings, default=str)).items() if k not in RESUME_FREE}
+    if resuming:
         try:
             before = json.loads((run_dir / RESUME_FILE).read_text())
         except (OSError, ValueError):
@@ -257,8 +256,7 @@ def claim_run_dir(claim: RunClaim) -> bool:
         _clear_run_dir(claim.run_dir)
     if not claim.resuming:
         claim.run_dir.mkdir(parents=True, exist_ok=True)
-        if claim.settings is not None:
-            atomic_write_json(claim.run_dir / RESUME_FILE, claim.settings)
+        atomic_write_json(claim.run_dir / RESUME_FILE, claim.settings)
     return claim.resuming
 
 
@@ -276,9 +274,7 @@ def train(data: str | Path | Dataset, out: str | Path, cfg: TrainConfig | None =
 
     dist = make_strategy(cfg.devices)  # first: logical CPU devices must exist before TensorFlow initialises
     configure_tensorflow(cfg.threads, cfg.seed)
-    import keras
-
-    from meddx.models.registry import build_model, model_spec
+    from meddx.models.registry import model_spec
     from meddx.transforms.augment import Augmenter
 
     ds = data if isinstance(data, Dataset) else load_dataset(data)

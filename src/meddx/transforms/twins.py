@@ -21,10 +21,6 @@ def _ndimage():  # scipy.ndimage costs ~0.5 s to import: only load it when a war
 __all__ = [
     "Twin", "Flip", "Rot90", "Affine", "Rotate", "BrightnessContrast", "Gamma", "GaussianNoise", "Crop",
     "ChannelDropout", "LesionFade",
-    "RandomTransform", "RandomFlip", "RandomRot90", "RandomAffine", "RandomRotation", "RandomScale",
-    "RandomTranslation", "RandomBrightnessContrast", "RandomGaussianNoise", "RandomGamma", "RandomCrop",
-    "RandomChannelDropout", "RandomLesionFade",
-    "Augmenter", "AUGMENT_PRESETS", "PRESETS", "preset_transforms", "preset_flip_axes",
 ]
 
 Params = dict[str, Any]
