@@ -14,6 +14,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDDX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The demo fixture RUN's ood.npz is fitted on first use (tests/fixture_runs.py), not kept in git; tests and the
+    hostile harness read that RUN in place."""
+    from tests.fixture_runs import ensure_demo_ood
+
+    ensure_demo_ood()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory):
     """Preprocessing and frame caches go to a temporary folder, not the user's ~/.cache/meddx (unless
