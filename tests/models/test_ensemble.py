@@ -46,6 +46,36 @@ def test_member_loss_is_the_mean_of_each_members_cross_entropy(task: str, units:
     np.testing.assert_allclose(got, np.mean(ce, axis=0), rtol=1e-5)
 
 
+@pytest.mark.parametrize("task,units,members", [("binary", 1, 1), ("multiclass", 3, 2)])
+def test_label_smoothing_is_cross_entropy_to_the_smoothed_target(task: str, units: int, members: int) -> None:
+    from meddx.models.ensemble import member_loss
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 2, size=(4, members * units)).astype("float32")
+    eps = 0.2
+    if task == "binary":
+        y = np.array([[0], [1], [1], [0]], np.float32)
+        t = y[:, 0] * (1 - eps) + eps / 2  # 0 -> 0.1, 1 -> 0.9
+        p = _sigmoid(z[:, 0])
+        want = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+    else:
+        y = np.array([2, 0, 1, 2], np.int32)
+        t = np.full((4, 3), eps / 3)
+        t[np.arange(4), y] += 1 - eps  # true class 1 - eps + eps/3, the others eps/3
+        want = np.mean([-(t * np.log(logits_to_probs(z[:, k * 3:(k + 1) * 3], task))).sum(axis=1)
+                        for k in range(members)], axis=0)
+    np.testing.assert_allclose(np.asarray(member_loss(members, task, eps)(y, z)), want, rtol=1e-5)
+    plain = np.asarray(member_loss(members, task)(y, z))
+    assert not np.allclose(plain, want)  # smoothing changed the loss
+
+
+def test_label_smoothing_is_checked() -> None:
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        TrainConfig(label_smoothing=1.0).validate()
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        TrainConfig(task="segmentation", label_smoothing=0.1).validate()
+
+
 def test_ensemble_graph_keeps_the_named_layers_and_loads_safely(tmp_path: Path) -> None:
     from meddx.explain.cam import grad_cam
     from meddx.models.ensemble import member_count, training_view

@@ -172,3 +172,23 @@ def test_class_balancing_rides_in_the_dataset_as_sample_weights() -> None:
     for i in range(4):  # each weight still belongs to its own case after shuffling
         assert wb[i] == pytest.approx(2.0 if yb[i, 0] == 1 else 4 / 6)
     assert sorted(xb.sum(axis=(1, 2, 3))) == pytest.approx(sorted(x.sum(axis=(1, 2, 3))))
+
+
+# -- the closing log line (`log_done`): rounded AUC with its CI, or n/a --------------------------------------
+def _line(val_metrics: dict) -> str:
+    from meddx.train.fit import log_done
+
+    lines: list[str] = []
+    log_done({"val_metrics": val_metrics, "best_epoch": 3, "epochs_run": 5}, 90.0, lines.append)
+    return lines[0]
+
+
+def test_auc_and_its_interval_are_rounded() -> None:
+    line = _line({"auc": 0.80454, "auc_ci": [0.6909435974653365, 0.8981513409961686], "accuracy": 0.26923})
+    assert line == ("done in 1.5 min (best epoch 3/5): validation AUC 0.8045 [95% CI 0.691, 0.898], "
+                    "accuracy 0.2692")
+
+
+def test_missing_auc_or_interval_is_said_plainly() -> None:
+    assert "validation AUC n/a, accuracy 0.5000" in _line({"auc": None, "auc_ci": None, "accuracy": 0.5})
+    assert "validation AUC 0.7000, accuracy" in _line({"auc": 0.7, "auc_ci": [None, None], "accuracy": 0.5})

@@ -95,9 +95,11 @@ def training_view(model: Any) -> Any:
     return keras.Model(model.inputs, model.get_layer(OUTPUT_LAYER).input, name=f"{model.name}_members")
 
 
-def member_loss(members: int, task: str) -> Callable[[Any, Any], Any]:
+def member_loss(members: int, task: str, smoothing: float = 0.0) -> Callable[[Any, Any], Any]:
     """Per-case loss of an ensemble's training view: the members' cross-entropies (from logits) averaged, so each
-    member learns on its own; (N,) values, so sample weights apply as for one model."""
+    member learns on its own; (N,) values, so sample weights apply as for one model. `smoothing` > 0 is label
+    smoothing: the target puts 1 - `smoothing` on the true class and spreads `smoothing` evenly over all classes
+    (binary: over 0 and 1)."""
 
     def loss(y_true: Any, y_pred: Any) -> Any:
         from keras import ops
@@ -108,9 +110,14 @@ def member_loss(members: int, task: str) -> Callable[[Any, Any], Any]:
             y = ops.reshape(ops.cast(y_true, "int32"), (-1, 1))
             y = ops.repeat(y, members, axis=1)
             per = ops.sparse_categorical_crossentropy(y, z, from_logits=True)  # (N, K)
+            if smoothing:
+                uniform = -ops.mean(ops.log_softmax(z, axis=-1), axis=-1)  # cross-entropy to the uniform target
+                per = (1.0 - smoothing) * per + smoothing * uniform
             return ops.mean(per, axis=1)
         y = ops.reshape(ops.cast(y_true, "float32"), (-1, 1, units))
         y = ops.repeat(y, members, axis=1)
+        if smoothing:
+            y = y * (1.0 - smoothing) + 0.5 * smoothing
         per = ops.binary_crossentropy(y, z, from_logits=True)  # (N, K, U)
         return ops.mean(ops.reshape(per, (-1, members * units)), axis=1)
 

@@ -44,6 +44,7 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock budget; training stops cleanly when exceeded
     jit_compile: bool = False
     dropout: float = 0.3
+    label_smoothing: float = 0.0  # classifiers: target 1 - e on the true class, e spread over all classes
     channel_dropout: float = 0.0  # segmentation 2D: zero one random input channel with this probability
     lesion_fade: float | None = None  # segmentation 2D: with this probability cut a training lesion's contrast by
     # 0-90 %; None: the recipe's (0.5 for slice stacks, else 0)
@@ -126,6 +127,10 @@ class TrainConfig:
             raise ConfigError(f"members must be between 1 and 16, got {self.members}")
         if self.members not in (None, 1) and self.task != "classification":
             raise ConfigError("members (an ensemble) applies to --task classification only")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.label_smoothing and self.task == "segmentation":
+            raise ConfigError("label_smoothing applies to classifiers (segmentation has its own seg_loss)")
         if self.model_options is not None and not isinstance(self.model_options, dict):
             raise ConfigError(f"model_options must be a table/dict of builder arguments, got {self.model_options!r}")
         if not 1 <= self.frames <= 4096:

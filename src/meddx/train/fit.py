@@ -363,17 +363,20 @@ def resolve_members(cfg: TrainConfig, input_shape: tuple[int, ...], n_train: int
 def log_done(info: dict[str, Any], seconds: float, log: Callable[[str], None]) -> None:
     """The closing line of a classifier's training: time, best epoch, validation AUC with CI and accuracy."""
     vm = info["val_metrics"]
-    auc = vm.get("auc")
+    auc, ci = vm.get("auc"), vm.get("auc_ci")
+    auc_text = "n/a" if auc is None else f"{auc:.4f}"
+    if auc is not None and ci and None not in ci:
+        auc_text += f" [95% CI {ci[0]:.3f}, {ci[1]:.3f}]"
     log(f"done in {seconds / 60:.1f} min (best epoch {info['best_epoch']}/{info['epochs_run']}): validation AUC "
-        f"{auc if auc is None else round(auc, 4)} {vm.get('auc_ci')}, accuracy {vm.get('accuracy'):.4f}")
+        f"{auc_text}, accuracy {vm.get('accuracy'):.4f}")
 
 
 def compile_model(cfg: TrainConfig, shape: tuple[Any, ...], ds: Dataset, epochs: int,
                   steps: int) -> tuple[Any, Any]:
-    """(the registry model, the model to fit): AdamW + cosine decay and a from-logits cross-entropy. The two are one
-    object, except for an ensemble (`cfg.members` > 1), which fits its members' logits on each member's own
-    cross-entropy (models/ensemble.py). Image-classifier training (`train`) handles `cfg.devices` itself; other
-    trainers reaching here with it set are refused."""
+    """(the registry model, the model to fit): AdamW + cosine decay and a from-logits cross-entropy (label-smoothed
+    with `cfg.label_smoothing`). The two are one object, except for an ensemble (`cfg.members` > 1), which fits
+    its members' logits on each member's own cross-entropy (models/ensemble.py). Image-classifier training
+    (`train`) handles `cfg.devices` itself; other trainers reaching here with it set are refused."""
     import keras
 
     from meddx.models.ensemble import member_loss, training_view
@@ -386,8 +389,8 @@ def compile_model(cfg: TrainConfig, shape: tuple[Any, ...], ds: Dataset, epochs:
     model = build_model(cfg.model, shape, ds.n_classes, task=ds.task, members=members, **options)
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=epochs * steps, alpha=0.01)
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
-    if members > 1:
-        loss = member_loss(members, ds.task)
+    if members > 1 or cfg.label_smoothing:
+        loss = member_loss(members, ds.task, cfg.label_smoothing)
     elif ds.task == "multiclass":
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     else:
