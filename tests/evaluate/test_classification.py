@@ -118,6 +118,22 @@ def test_group_bootstrap_resamples_whole_groups():
         assert np.all(counts % 5 == 0) and counts.sum() == 200
 
 
+def test_one_patient_gives_no_interval_and_few_patients_a_warning():
+    # resampling whole patients when there is one patient draws the same cases every time: a 0-width "CI"
+    rng = np.random.default_rng(3)
+    y = np.tile([0, 1], 15)
+    p1 = np.clip(0.3 * y + 0.7 * rng.random(30), 0, 1)
+    probs = np.stack([1 - p1, p1], axis=1)
+    one = C.classification_metrics(y, probs, ["a", "b"], groups=np.zeros(30), n_boot=200)
+    assert one["auc"] > 0.5 and one["auc_ci"] == [None, None]
+    assert any("one patient/source" in w for w in one["warnings"])
+    few = C.classification_metrics(y, probs, ["a", "b"], groups=np.arange(30) % 3, n_boot=200)
+    lo, hi = few["auc_ci"]
+    assert lo < hi and any("only 3 patients/sources" in w for w in few["warnings"])
+    many = C.classification_metrics(y, probs, ["a", "b"], groups=np.arange(30), n_boot=200)
+    assert not any("patients/sources" in w for w in many["warnings"])
+
+
 def test_youden_and_operating_point_by_hand():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     s = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])

@@ -37,6 +37,24 @@ def test_confidence_statement_levels():
     assert confidence_statement(0.8, None, 0.1)[0] == "high"
 
 
+def test_a_model_validated_near_chance_backs_no_confidence(small_study, tmp_path):
+    from meddx.report.study import study_confidence
+
+    good = run_info()
+    weak = dict(good, val_metrics={**good["val_metrics"], "auc": 0.43, "auc_ci": [None, None],
+                                   "warnings": ["all 15 cases come from one patient/source"]})
+    study = {**small_study, "probability": 0.99, "probs": [0.01, 0.99], "predicted": "abnormal"}
+    assert study_confidence(study, good)[0] == "high"
+    level, text = study_confidence(study, weak)
+    assert level == "borderline" and text.startswith("Unreliable model: it scored a validation AUC of 0.43")
+    assert "confidence" not in text and text.endswith("the probability is 0.49 from the operating threshold 0.50.")
+    assert study_confidence(study, dict(weak, kind="segmenter"))[0] == "high"  # a segmenter's check is its Dice
+    res = render_batch([study], weak, tmp_path / "weak")
+    html = res["reports"][0]["html"].read_text()
+    assert "Unreliable model" in html and "Validation caveats" in html and "one patient/source" in html
+    assert "<td>borderline</td>" in res["index"].read_text()
+
+
 def test_ct_series_report_deidentified(ct_study, ct_phi_values, tmp_path):
     out = tmp_path / "rep"
     paths = render_study_report(ct_study, run_info(), out)

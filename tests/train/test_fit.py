@@ -192,3 +192,13 @@ def test_auc_and_its_interval_are_rounded() -> None:
 def test_missing_auc_or_interval_is_said_plainly() -> None:
     assert "validation AUC n/a, accuracy 0.5000" in _line({"auc": None, "auc_ci": None, "accuracy": 0.5})
     assert "validation AUC 0.7000, accuracy" in _line({"auc": 0.7, "auc_ci": [None, None], "accuracy": 0.5})
+
+
+def test_validation_caveats_follow_the_closing_line() -> None:
+    from meddx.train.fit import log_done
+
+    lines: list[str] = []
+    log_done({"val_metrics": {"auc": 0.43, "auc_ci": [None, None], "accuracy": 0.2,
+                              "warnings": ["all 15 cases come from one patient/source"]},
+              "best_epoch": 1, "epochs_run": 2}, 60.0, lines.append)
+    assert len(lines) == 2 and lines[1] == "validation caveat: all 15 cases come from one patient/source"

@@ -26,6 +26,7 @@ import numpy as np
 from meddx.errors import InputError
 
 TASKS = ("binary", "multiclass", "multilabel")
+MIN_CI_GROUPS = 5  # fewer patients/sources than this: a patient-level bootstrap CI is flagged as rough
 
 
 # --------------------------------------------------------------------------- helpers
@@ -665,12 +666,21 @@ def classification_metrics(
     elif not math.isfinite(auc):
         warn.append("AUC undefined for every class/label")
 
-    if math.isfinite(auc) and n_boot > 0:
+    n_groups = int(len(np.unique(np.asarray(groups)))) if groups is not None else None
+    auc_ci: list[Any]
+    if math.isfinite(auc) and n_boot > 0 and n_groups == 1:
+        auc_ci, skipped = [None, None], 0  # resampling one patient gives the same cases each time: a 0-width CI
+        warn.append(f"all {n} cases come from one patient/source: no confidence interval across patients, and "
+                    "the AUC says little about other patients")
+    elif math.isfinite(auc) and n_boot > 0:
+        if n_groups is not None and n_groups < MIN_CI_GROUPS:
+            warn.append(f"the cases come from only {n_groups} patients/sources: the confidence interval, resampled "
+                        "over them, is rough")
         values, skipped = bootstrap_values(auc_metric, y, auc_scores,
                                            n_boot=n_boot, seed=seed, groups=groups)
         if values.size:
             lo, hi = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
-            auc_ci: list[Any] = [float(lo), float(hi)]
+            auc_ci = [float(lo), float(hi)]
         else:
             auc_ci = [None, None]
             warn.append("no usable bootstrap resample: AUC confidence interval undefined")
@@ -680,7 +690,6 @@ def classification_metrics(
     else:
         auc_ci, skipped = [None, None], 0
 
-    n_groups = int(len(np.unique(np.asarray(groups)))) if groups is not None else None
     out.update({
         "n": n,
         "auc": auc,

@@ -27,6 +27,7 @@ DISCLAIMER = ("Decision support only: this report was produced automatically by 
 
 HIGH_MARGIN = 0.25
 MODERATE_MARGIN = 0.10
+WEAK_AUC = 0.60  # a classifier validated under this AUC is "unreliable" in every report it writes
 
 
 def confidence_statement(probability: float, threshold: float | None = 0.5,
@@ -94,6 +95,32 @@ def agree_with_set(level: str, sentence: str, study: dict[str, Any]) -> tuple[st
            else f"the calibrated probability of '{predicted}' is under {target:.0%}")
     return "moderate", sentence.replace("High confidence:", "Moderate confidence:").rstrip(".") + \
         f", but {why}; review the key images."
+
+
+def weak_model(level: str, sentence: str, run_info: dict[str, Any]) -> tuple[str, str]:
+    """A classifier whose validation AUC is under `WEAK_AUC` (little better than chance, or worse) backs no
+    "high" or "moderate" confidence: the level becomes "borderline" and the sentence says why first."""
+    auc = (run_info.get("val_metrics") or {}).get("auc")
+    if run_info.get("kind") == "segmenter" or auc is None or not math.isfinite(float(auc)) or auc >= WEAK_AUC:
+        return level, sentence
+    margin = sentence.split(": ", 1)[-1]  # "the probability is ... " without the level it no longer has
+    return "borderline", (f"Unreliable model: it scored a validation AUC of {float(auc):.2f} (under {WEAK_AUC:.2f}, "
+                          f"little better than chance or worse), so its output is no basis for a decision; {margin}")
+
+
+def study_confidence(study: dict[str, Any], run_info: dict[str, Any]) -> tuple[str, str]:
+    """(level, sentence) of a study's finding: the probability's margin from the decision point
+    (`confidence_statement`), lowered when the conformal set disagrees (`agree_with_set`) or the model validated
+    poorly (`weak_model`)."""
+    p_pos = _positive_probability(study)
+    threshold = study.get("threshold", run_info.get("threshold"))
+    if threshold is not None and p_pos is not None:
+        level, sentence = confidence_statement(p_pos, float(threshold))
+    else:
+        probs = sorted((float(p) for p in study.get("probs") or [study["probability"]]), reverse=True)
+        level, sentence = confidence_statement(float(study["probability"]), None, probs[1] if len(probs) > 1 else None)
+    level, sentence = agree_with_set(level, sentence, study)
+    return weak_model(level, sentence, run_info)
 
 
 def _positive_probability(study: dict[str, Any]) -> float | None:
@@ -472,11 +499,7 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
                 doc.p(f"Operating threshold for '{positive}': {float(threshold):.3f} (probability of '{positive}' "
                       f"here: {p_pos:.3f}). On validation at this threshold the model had sensitivity {_num(sens)} and "
                       f"specificity {_num(spec)}.")
-            level, sentence = confidence_statement(p_pos, float(threshold))
-        else:
-            probs = sorted((float(p) for p in study.get("probs") or [prob]), reverse=True)
-            level, sentence = confidence_statement(prob, None, probs[1] if len(probs) > 1 else None)
-        level, sentence = agree_with_set(level, sentence, study)
+        level, sentence = study_confidence(study, run_info)
         doc.p(sentence, level)
         if study.get("prediction_set") is not None:
             doc.p(prediction_set_statement(study.get("prediction_set"), study.get("coverage")))
@@ -528,6 +551,8 @@ def render_study_report(study: dict[str, Any], run_info: dict[str, Any], out_dir
             if run_info.get("kind") == "segmenter" else
             ["Validation AUC (95% CI)", f"{_num(vm.get('auc'))} ({_num(ci[0])}–{_num(ci[1])})"],
             ["Validation cases", vm.get("n", "?")]]
+    if vm.get("warnings"):
+        card.append(["Validation caveats", "; ".join(str(w) for w in vm["warnings"])])
     summary = data.get("summary")
     if isinstance(summary, dict) and summary:
         card.append(["Data summary", "; ".join(f"{k}: {v}" for k, v in summary.items())])
@@ -554,15 +579,8 @@ def render_batch(studies: Sequence[dict[str, Any]], run_info: dict[str, Any], ou
         name = f"study_{i:03d}"
         paths = render_study_report(study, run_info, out / name, include_phi=include_phi, pdf_engine=pdf_engine)
         reports.append(paths)
-        p_pos = _positive_probability(study)
-        thr = study.get("threshold", run_info.get("threshold"))
-        level = confidence_statement(p_pos, float(thr))[0] if (p_pos is not None and thr is not None) else \
-            confidence_statement(float(study["probability"]), None,
-                                 sorted(study.get("probs") or [0.0], reverse=True)[1:2][0]
-                                 if len(study.get("probs") or []) > 1 else None)[0]
-        level = agree_with_set(level, "", study)[0]  # "high" only when the conformal set agrees
-        if study.get("diagnosis_withheld"):
-            level = "out of distribution: no diagnosis"
+        level = "out of distribution: no diagnosis" if study.get("diagnosis_withheld") else \
+            study_confidence(study, run_info)[0]
         rows.append((name, "(withheld)" if study.get("diagnosis_withheld") else study["predicted"],
                      "" if study.get("diagnosis_withheld") else f"{float(study['probability']):.3f}", level,
                      study.get("source", "") if include_phi else ""))

@@ -361,7 +361,8 @@ def resolve_members(cfg: TrainConfig, input_shape: tuple[int, ...], n_train: int
 
 
 def log_done(info: dict[str, Any], seconds: float, log: Callable[[str], None]) -> None:
-    """The closing line of a classifier's training: time, best epoch, validation AUC with CI and accuracy."""
+    """The closing line of a classifier's training (time, best epoch, validation AUC with CI and accuracy), then
+    the validation's caveats."""
     vm = info["val_metrics"]
     auc, ci = vm.get("auc"), vm.get("auc_ci")
     auc_text = "n/a" if auc is None else f"{auc:.4f}"
@@ -369,6 +370,8 @@ def log_done(info: dict[str, Any], seconds: float, log: Callable[[str], None]) -
         auc_text += f" [95% CI {ci[0]:.3f}, {ci[1]:.3f}]"
     log(f"done in {seconds / 60:.1f} min (best epoch {info['best_epoch']}/{info['epochs_run']}): validation AUC "
         f"{auc_text}, accuracy {vm.get('accuracy'):.4f}")
+    for warning in vm.get("warnings") or []:  # e.g. one validation patient: no CI across patients
+        log(f"validation caveat: {warning}")
 
 
 def compile_model(cfg: TrainConfig, shape: tuple[Any, ...], ds: Dataset, epochs: int,
