@@ -13,9 +13,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from meddx.train.fingerprint import FINGERPRINT_KEY, OOD_FILE
+
 RUNS = Path(__file__).resolve().parent / "fixtures" / "runs"
 DEMO_CLS = RUNS / "demo_cls"
-OOD_FILE = "ood.npz"
 
 
 def _fresh(run: Path) -> bool:
@@ -29,12 +30,12 @@ def _fresh(run: Path) -> bool:
 def ensure_demo_ood(run: Path = DEMO_CLS) -> Path:
     """Fit `run`'s ood.npz from the seeded demo data unless a fresh one is there; returns its path. Fails when the
     refit's fingerprint differs from the one run.json records (the npz would then not belong to that RUN)."""
-    from meddx.data.synthetic import write_synthetic_folder
-    from meddx.train.fingerprint import FINGERPRINT_KEY, add_fingerprint
-
     target = run / OOD_FILE
-    if _fresh(run):
+    if _fresh(run):  # the usual case: nothing to import or fit
         return target
+    from meddx.data.synthetic import write_synthetic_folder
+    from meddx.train.fingerprint import add_fingerprint
+
     recorded = json.loads((run / "run.json").read_text())
     with tempfile.TemporaryDirectory(prefix="meddx-fixture-ood-") as work:
         copy = Path(work) / "run"

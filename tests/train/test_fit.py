@@ -175,12 +175,16 @@ def test_class_balancing_rides_in_the_dataset_as_sample_weights() -> None:
 
 
 # -- the closing log line (`log_done`): rounded AUC with its CI, or n/a --------------------------------------
-def _line(val_metrics: dict) -> str:
+def _lines(val_metrics: dict) -> list[str]:
     from meddx.train.fit import log_done
 
     lines: list[str] = []
     log_done({"val_metrics": val_metrics, "best_epoch": 3, "epochs_run": 5}, 90.0, lines.append)
-    return lines[0]
+    return lines
+
+
+def _line(val_metrics: dict) -> str:
+    return _lines(val_metrics)[0]
 
 
 def test_auc_and_its_interval_are_rounded() -> None:
@@ -195,10 +199,6 @@ def test_missing_auc_or_interval_is_said_plainly() -> None:
 
 
 def test_validation_caveats_follow_the_closing_line() -> None:
-    from meddx.train.fit import log_done
-
-    lines: list[str] = []
-    log_done({"val_metrics": {"auc": 0.43, "auc_ci": [None, None], "accuracy": 0.2,
-                              "warnings": ["all 15 cases come from one patient/source"]},
-              "best_epoch": 1, "epochs_run": 2}, 60.0, lines.append)
+    lines = _lines({"auc": 0.43, "auc_ci": [None, None], "accuracy": 0.2,
+                    "warnings": ["all 15 cases come from one patient/source"]})
     assert len(lines) == 2 and lines[1] == "validation caveat: all 15 cases come from one patient/source"

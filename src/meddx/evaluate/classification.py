@@ -668,11 +668,11 @@ def classification_metrics(
 
     n_groups = int(len(np.unique(np.asarray(groups)))) if groups is not None else None
     auc_ci: list[Any]
-    if math.isfinite(auc) and n_boot > 0 and n_groups == 1:
-        auc_ci, skipped = [None, None], 0  # resampling one patient gives the same cases each time: a 0-width CI
+    one_group = n_groups == 1  # resampling one patient draws the same cases each time: a 0-width CI, so none
+    if math.isfinite(auc) and n_boot > 0 and one_group:
         warn.append(f"all {n} cases come from one patient/source: no confidence interval across patients, and "
                     "the AUC says little about other patients")
-    elif math.isfinite(auc) and n_boot > 0:
+    if math.isfinite(auc) and n_boot > 0 and not one_group:
         if n_groups is not None and n_groups < MIN_CI_GROUPS:
             warn.append(f"the cases come from only {n_groups} patients/sources: the confidence interval, resampled "
                         "over them, is rough")
